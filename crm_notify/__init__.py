@@ -1,0 +1,1 @@
+"""crm-notify: Segment events in, rule-driven notifications out."""

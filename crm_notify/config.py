@@ -1,0 +1,126 @@
+"""Settings: the only reader of the environment.
+
+Every setting comes from an environment variable prefixed ``CRM_NOTIFY_`` or from an optional
+``KEY=value`` file (``.env`` in the working directory, or the file named by ``--env-file``).
+Entry points (CLI, app factory, worker) build :class:`Settings` once and pass it down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from crm_notify.errors import ConfigurationError
+
+#: Prefix of every environment variable crm-notify reads.
+ENV_PREFIX = "CRM_NOTIFY_"
+
+#: ESP URL schemes this release can deliver through.
+ESP_SCHEMES = frozenset({"smtp", "smtps", "file", "console"})
+
+
+class Settings(BaseSettings):
+    """Validated configuration of one crm-notify process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True
+    )
+
+    database_url: str = Field(
+        "sqlite:///var/crm-notify.db",
+        description="SQLAlchemy URL: sqlite:///path or postgresql://user@host/db.",
+    )
+    redis_url: str | None = Field(
+        None, description="Redis for the Dramatiq broker; unset runs the actors in-process."
+    )
+    rules_dir: Path = Field(Path("rules"), description="Folder of YAML rule files.")
+    templates_dir: Path = Field(Path("templates"), description="Folder of email templates.")
+    esp_url: str = Field(
+        "file:var/outbox",
+        description="Where mail goes: smtp://user:pass@host:port?starttls=1, file:///dir, console:",
+    )
+    var_dir: Path = Field(Path("var"), description="Folder for the embedded database and outbox.")
+    mail_from: str = Field(
+        "crm-notify <notifications@localhost>", description="From header of outgoing mail."
+    )
+    default_language: str = Field("en", description="Template language when a contact has none.")
+    host: str = Field("127.0.0.1", description="Address `crm-notify serve` binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="Port `crm-notify serve` listens on.")
+    worker_threads: int = Field(4, ge=1, le=64, description="Delivery threads per process.")
+    relay_interval_s: float = Field(
+        5.0, gt=0, description="Seconds between passes re-enqueuing notifications left pending."
+    )
+    sending_lease_s: float = Field(
+        600.0, gt=0, description="Seconds after which a send that never finished is retried."
+    )
+    max_delivery_attempts: int = Field(8, ge=1, le=100, description="Attempts before failing.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme.split("+")[0]
+        if scheme not in {"sqlite", "postgresql", "postgres"}:
+            raise ValueError("must start with sqlite:// or postgresql://")
+        if scheme == "postgres":
+            value = "postgresql" + value[len("postgres") :]
+        if value.startswith("postgresql://"):
+            value = "postgresql+psycopg://" + value[len("postgresql://") :]
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("esp_url")
+    @classmethod
+    def _check_esp_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ESP_SCHEMES:
+            raise ValueError(f"scheme must be one of {', '.join(sorted(ESP_SCHEMES))}")
+        if parts.scheme in {"smtp", "smtps"} and not parts.hostname:
+            raise ValueError("an smtp URL needs a host, e.g. smtp://user:pass@mail.example:587")
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Whether the database is the embedded SQLite default."""
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def embedded_broker(self) -> bool:
+        """Whether actors run in-process (no Redis configured)."""
+        return self.redis_url is None
+
+
+def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build :class:`Settings` from the environment, an optional file and explicit overrides.
+
+    Parameters:
+        env_file: a ``KEY=value`` file read in addition to the environment; ``None`` reads
+            ``.env`` when present.
+        overrides: values that win over both (used by tests and CLI options).
+
+    Raises:
+        ConfigurationError: naming each invalid variable and why.
+    """
+    if env_file is not None and not env_file.is_file():
+        raise ConfigurationError(f"settings file {env_file} does not exist")
+    try:
+        if env_file is not None:
+            return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = ENV_PREFIX + "_".join(str(part) for part in error["loc"]).upper()
+            problems.append(f"{name}: {error['msg']}")
+        raise ConfigurationError("invalid settings:\n  " + "\n  ".join(problems)) from exc

@@ -1,0 +1,154 @@
+"""The exception tree of crm-notify.
+
+::
+
+    CrmNotifyError
+    ├── EventError                  bad event input (HTTP 4xx)
+    │   ├── EventValidationError      a field is missing or wrong (names the field)
+    │   └── PayloadTooLargeError      a Segment size limit was exceeded
+    ├── RuleError                   rule files and rule evaluation
+    │   ├── RuleFileError             a rule file is invalid (path, line, reason)
+    │   └── ConditionError            a condition failed while being evaluated
+    ├── RenderError                 templates
+    │   ├── TemplateNotFoundError     no such template (or language variant)
+    │   └── SandboxLimitError         a template or condition exceeded a resource bound
+    └── EspError                    delivery through an email service provider
+        ├── EspTransientError         worth retrying (network, timeout, 4xx greylisting, 5xx)
+        └── EspPermanentError         retrying will not help (rejected recipient, bad credentials)
+
+    ConfigurationError              invalid settings; outside the tree so no handler swallows it
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class CrmNotifyError(Exception):
+    """Base of every operational error raised by crm-notify."""
+
+
+class EventError(CrmNotifyError):
+    """An incoming event was rejected."""
+
+
+class EventValidationError(EventError):
+    """A field of an incoming event is missing or invalid.
+
+    Parameters:
+        field: dotted path of the offending field, e.g. ``batch[3].userId``.
+        message: what is wrong with it.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+class PayloadTooLargeError(EventError):
+    """A request exceeded one of Segment's size limits.
+
+    Parameters:
+        limit_name: which limit, e.g. ``"32 KB per call"``.
+        limit_bytes: the limit in bytes.
+        field: where the oversized part is, e.g. ``batch[7]`` (empty for the whole body).
+    """
+
+    def __init__(self, limit_name: str, limit_bytes: int, field: str = "") -> None:
+        self.limit_name = limit_name
+        self.limit_bytes = limit_bytes
+        self.field = field
+        where = f"{field} " if field else "request body "
+        super().__init__(f"{where}exceeds the Segment limit of {limit_name} ({limit_bytes} bytes)")
+
+
+class RuleError(CrmNotifyError):
+    """Base for rule-file and rule-evaluation errors."""
+
+
+class RuleFileError(RuleError):
+    """A rule file cannot be loaded.
+
+    Parameters:
+        path: the rule file.
+        line: 1-based line of the offending node, or ``None`` when unknown.
+        message: what is wrong.
+        suggestion: an optional hint ("did you mean 'trigger'?").
+    """
+
+    def __init__(
+        self, path: Path | str, line: int | None, message: str, suggestion: str | None = None
+    ) -> None:
+        self.path = Path(path)
+        self.line = line
+        self.message = message
+        self.suggestion = suggestion
+        location = f"{self.path}:{line}" if line else str(self.path)
+        text = f"{location}: {message}"
+        if suggestion:
+            text += f" ({suggestion})"
+        super().__init__(text)
+
+
+class ConditionError(RuleError):
+    """A rule condition raised an error or hit a sandbox limit while being evaluated."""
+
+
+class RenderError(CrmNotifyError):
+    """A template could not be rendered."""
+
+
+class TemplateNotFoundError(RenderError):
+    """The named template, or one of its parts, does not exist."""
+
+
+class SandboxLimitError(RenderError):
+    """A template or condition exceeded a resource bound (time, output size, loop length)."""
+
+
+class EspError(CrmNotifyError):
+    """Base for delivery failures.
+
+    Parameters:
+        esp: the adapter's name, e.g. ``"smtp"``.
+        message: what happened.
+        status_code: the provider's status (HTTP or SMTP code) when there was one.
+        body: the provider's response text when there was one.
+    """
+
+    def __init__(
+        self, esp: str, message: str, *, status_code: int | None = None, body: str = ""
+    ) -> None:
+        self.esp = esp
+        self.status_code = status_code
+        self.body = body
+        super().__init__(f"{esp}: {message}" + (f" (status {status_code})" if status_code else ""))
+
+
+class EspTransientError(EspError):
+    """A delivery failure worth retrying.
+
+    Parameters:
+        retry_after_s: seconds the provider asked us to wait, when it said.
+    """
+
+    def __init__(
+        self,
+        esp: str,
+        message: str,
+        *,
+        status_code: int | None = None,
+        body: str = "",
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(esp, message, status_code=status_code, body=body)
+        self.retry_after_s = retry_after_s
+
+
+class EspPermanentError(EspError):
+    """A delivery failure that retrying will not fix."""
+
+
+class ConfigurationError(Exception):
+    """Settings are missing or invalid. Raised at start-up, never swallowed."""
