@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None, description="Redis for the Dramatiq broker; unset runs the actors in-process."
     )
+    redis_namespace: str = Field(
+        "crm-notify", min_length=1, max_length=64, description="Prefix of crm-notify's Redis keys."
+    )
     rules_dir: Path = Field(Path("rules"), description="Folder of YAML rule files.")
     templates_dir: Path = Field(Path("templates"), description="Folder of email templates.")
     esp_url: str = Field(

@@ -65,6 +65,7 @@ class Notification(SQLModel, table=True):
         sa_column=sa.Column(sa.String(16), nullable=False, index=True),
     )
     attempts: int = 0
+    next_attempt_at: datetime | None = Field(default=None, sa_column=utc_column(nullable=True))
     context: dict[str, Any] = Field(default_factory=dict, sa_column=json_column())
     subject: str | None = Field(default=None, max_length=998)
     message_id: str | None = Field(default=None, max_length=255)

@@ -1,0 +1,69 @@
+"""The FastAPI application: the Segment event API, health check, and background delivery."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import sqlalchemy as sa
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from crm_notify import __version__
+from crm_notify.auth.api_keys import ApiKeyAuthenticator
+from crm_notify.config import Settings
+from crm_notify.events.api import make_router
+from crm_notify.events.schemas import SegmentCall
+from crm_notify.runtime import Runtime
+
+
+def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI:
+    """Build the app. Rules and templates are loaded now, so a bad rule file fails here.
+
+    Parameters:
+        settings: the process's settings.
+        runtime: an already-built runtime (tests); built from ``settings`` when omitted.
+            Background delivery starts with the app and stops with it.
+    """
+    rt = runtime or Runtime.from_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        rt.start_background()
+        try:
+            yield
+        finally:
+            rt.close()
+
+    app = FastAPI(
+        title="crm-notify",
+        version=__version__,
+        description="Segment Spec events in, rule-driven notifications out.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = rt
+
+    def ingest(calls: list[SegmentCall], source: str) -> None:
+        rt.intake.ingest(calls, source)
+
+    app.include_router(
+        make_router(ingest=ingest, authenticate=ApiKeyAuthenticator(engine=rt.engine))
+    )
+
+    @app.get("/healthz", tags=["health"], summary="Liveness and database check")
+    def healthz() -> JSONResponse:
+        try:
+            with rt.engine.connect() as connection:
+                connection.execute(sa.text("SELECT 1"))
+        except sa.exc.SQLAlchemyError:
+            return JSONResponse({"status": "error", "database": "unreachable"}, status_code=503)
+        return JSONResponse(
+            {
+                "status": "ok",
+                "database": "ok",
+                "broker": "redis" if settings.redis_url else "embedded",
+                "rules": len(rt.rules.rules),
+            }
+        )
+
+    return app

@@ -1,0 +1,367 @@
+"""The ``crm-notify`` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from crm_notify.config import Settings, load_settings
+from crm_notify.errors import ConfigurationError, CrmNotifyError, RuleFileError
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+class _Context:
+    def __init__(self, env_file: Path | None) -> None:
+        self.env_file = env_file
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            try:
+                self._settings = load_settings(self.env_file)
+            except ConfigurationError as exc:
+                _fail(str(exc), 2)
+        return self._settings
+
+
+pass_ctx = click.make_pass_decorator(_Context)
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog="Settings come from CRM_NOTIFY_* environment variables; see the README.",
+)
+@click.option(
+    "--env-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Read settings from this KEY=value file too (default: .env when present).",
+)
+@click.version_option(package_name="crm-notify")
+@click.pass_context
+def main(ctx: click.Context, env_file: Path | None) -> None:
+    """crm-notify: Segment events in, rule-driven notifications out."""
+    ctx.obj = _Context(env_file)
+
+
+# --- database -------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Database schema commands."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@pass_ctx
+def db_upgrade(ctx: _Context, revision: str) -> None:
+    """Create or migrate the database to the latest schema."""
+    from crm_notify.db import make_engine
+    from crm_notify.migrations import upgrade
+
+    engine = make_engine(ctx.settings.database_url)
+    upgrade(engine, revision)
+    engine.dispose()
+    click.echo(f"database is at revision {revision}")
+
+
+# --- API keys -------------------------------------------------------------------------------
+
+
+@main.group("api-keys")
+def api_keys() -> None:
+    """Create, list and revoke keys for the event API."""
+
+
+def _engine(ctx: _Context) -> Any:
+    from crm_notify.db import make_engine
+    from crm_notify.migrations import pending_revision
+
+    engine = make_engine(ctx.settings.database_url)
+    if pending_revision(engine) is not None:
+        _fail("the database schema is not up to date: run `crm-notify db upgrade` first")
+    return engine
+
+
+@api_keys.command("create")
+@click.argument("name")
+@pass_ctx
+def api_keys_create(ctx: _Context, name: str) -> None:
+    """Create a key called NAME and print it (on the last line). It is shown only once."""
+    from crm_notify.auth import ApiKeyError, create_api_key
+
+    try:
+        key = create_api_key(name, engine=_engine(ctx))
+    except ApiKeyError as exc:
+        _fail(str(exc))
+    click.echo(f"Created API key {name!r}. Store it now; it cannot be shown again:", err=True)
+    click.echo(key)
+
+
+@api_keys.command("list")
+@pass_ctx
+def api_keys_list(ctx: _Context) -> None:
+    """List keys (name, prefix, created, revoked); never the keys themselves."""
+    from crm_notify.auth import list_api_keys
+
+    for row in list_api_keys(engine=_engine(ctx)):
+        revoked = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
+        click.echo(f"{row.name}\t{row.prefix}…\tcreated {row.created_at:%Y-%m-%d %H:%M}\t{revoked}")
+
+
+@api_keys.command("revoke")
+@click.argument("name")
+@pass_ctx
+def api_keys_revoke(ctx: _Context, name: str) -> None:
+    """Revoke the key called NAME."""
+    from crm_notify.auth import ApiKeyError, revoke_api_key
+
+    try:
+        revoke_api_key(name, engine=_engine(ctx))
+    except ApiKeyError as exc:
+        _fail(str(exc))
+    click.echo(f"revoked {name!r}")
+
+
+# --- service --------------------------------------------------------------------------------
+
+
+def _runtime(ctx: _Context) -> Any:
+    from crm_notify.runtime import Runtime
+
+    try:
+        return Runtime.from_settings(ctx.settings, engine=_engine(ctx))
+    except RuleFileError as exc:
+        _fail(f"rules did not load: {exc}", 2)
+    except CrmNotifyError as exc:
+        _fail(str(exc), 2)
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to bind (default CRM_NOTIFY_HOST, 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default CRM_NOTIFY_PORT, 8000).")
+@click.option(
+    "--migrate/--no-migrate", default=False, help="Apply database migrations before starting."
+)
+@pass_ctx
+def serve(ctx: _Context, host: str | None, port: int | None, migrate: bool) -> None:
+    """Run the HTTP service (event API) and, without Redis, the delivery workers in-process."""
+    import uvicorn
+
+    from crm_notify.app import create_app
+
+    settings = ctx.settings
+    if migrate:
+        from crm_notify.db import make_engine
+        from crm_notify.migrations import upgrade
+
+        engine = make_engine(settings.database_url)
+        upgrade(engine)
+        engine.dispose()
+    app = create_app(settings, runtime=_runtime(ctx))
+    bind_host, bind_port = host or settings.host, port or settings.port
+    mode = "Redis broker" if settings.redis_url else "embedded broker (in-process delivery)"
+    click.echo(f"crm-notify listening on http://{bind_host}:{bind_port} with {mode}", err=True)
+    uvicorn.run(app, host=bind_host, port=bind_port, log_level="warning", access_log=False)
+
+
+@main.command()
+@click.option("--processes", "-p", type=int, default=None, help="Worker processes (default: CPUs).")
+@click.option("--threads", "-t", type=int, default=None, help="Threads per process.")
+@pass_ctx
+def worker(ctx: _Context, processes: int | None, threads: int | None) -> None:
+    """Run Dramatiq worker processes that deliver queued notifications (needs Redis)."""
+    settings = ctx.settings
+    if not settings.redis_url:
+        _fail(
+            "CRM_NOTIFY_REDIS_URL is not set: without Redis, `crm-notify serve` delivers "
+            "in-process and no separate worker is needed",
+            2,
+        )
+    _runtime(ctx).close()  # fail here, with a clear message, if rules or settings are bad
+    argv = ["dramatiq", "crm_notify.worker.entry"]
+    argv += ["--processes", str(processes or os.cpu_count() or 1)]
+    argv += ["--threads", str(threads or settings.worker_threads)]
+    if ctx.env_file is not None:
+        os.environ.update(_read_env_file(ctx.env_file))
+    from dramatiq.cli import main as dramatiq_main
+
+    sys.argv = argv
+    sys.exit(dramatiq_main())
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    from dotenv import dotenv_values
+
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+# --- rules ----------------------------------------------------------------------------------
+
+
+@main.group()
+def rules() -> None:
+    """Check and describe rule files."""
+
+
+@rules.command("lint")
+@click.argument("path", required=False, type=click.Path(exists=True, path_type=Path))
+@pass_ctx
+def rules_lint(ctx: _Context, path: Path | None) -> None:
+    """Check rule files (default: CRM_NOTIFY_RULES_DIR) and the templates they name."""
+    from crm_notify.render.templates import TemplateStore
+    from crm_notify.rules.loader import lint_rules, load_rules
+
+    settings = ctx.settings
+    target = path or settings.rules_dir
+    templates = TemplateStore(settings.templates_dir, default_language=settings.default_language)
+    problems: list[str] = [str(err) for err in lint_rules(target, template_exists=templates.exists)]
+    if not problems:
+        ruleset = load_rules(target, template_exists=templates.exists)
+        for name in sorted({rule.template for rule in ruleset.rules}):
+            problems += templates.lint(name)
+        for problem in problems:
+            click.echo(problem)
+        if not problems:
+            click.echo(f"{len(ruleset.rules)} rules OK in {target}")
+            return
+    else:
+        for problem in problems:
+            click.echo(problem)
+    _fail(f"{len(problems)} problem(s) found")
+
+
+@rules.command("schema")
+def rules_schema() -> None:
+    """Print the JSON Schema of rule files (for editor validation)."""
+    from crm_notify.rules.loader import rule_file_json_schema
+
+    click.echo(json.dumps(rule_file_json_schema(), indent=2))
+
+
+@rules.command("list")
+@pass_ctx
+def rules_list(ctx: _Context) -> None:
+    """List loaded rules with their trigger, template and purpose."""
+    from crm_notify.rules.loader import load_rules
+
+    try:
+        ruleset = load_rules(ctx.settings.rules_dir)
+    except RuleFileError as exc:
+        _fail(str(exc))
+    for rule in ruleset.rules:
+        state = "" if rule.enabled else " (disabled)"
+        click.echo(f"{rule.name}{state}\t{rule.trigger}\t{rule.template}\t{rule.purpose}")
+
+
+# --- preview and events ---------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("rule")
+@click.option("--contact", "who", required=True, help="The contact's email or userId.")
+@click.option(
+    "--event",
+    "event_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A Segment call (JSON) to preview with, instead of the contact's latest event.",
+)
+@click.option("--language", help="Render this language variant instead of the contact's.")
+@click.option(
+    "--html-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the HTML part (default: var/preview/RULE.html).",
+)
+@pass_ctx
+def preview(
+    ctx: _Context,
+    rule: str,
+    who: str,
+    event_file: Path | None,
+    language: str | None,
+    html_out: Path | None,
+) -> None:
+    """Show what RULE would send to a contact: verdict, headers, text; HTML to a file."""
+    from sqlmodel import Session
+
+    from crm_notify.clock import now
+    from crm_notify.events.schemas import parse_calls_document
+    from crm_notify.preview import build_preview, find_contact_by_address, headers_text
+
+    runtime = _runtime(ctx)
+    matched = runtime.rules.by_name(rule)
+    if matched is None:
+        names = ", ".join(r.name for r in runtime.rules.rules)
+        _fail(f"no rule named {rule!r} (rules: {names})")
+    call = None
+    try:
+        if event_file is not None:
+            calls = parse_calls_document(event_file.read_text("utf-8"), received_at=now())
+            call = calls[0]
+        with Session(runtime.engine) as session:
+            contact = find_contact_by_address(session, who)
+            result = build_preview(
+                session=session,
+                rule=matched,
+                contact=contact,
+                templates=runtime.templates,
+                mail_from=runtime.settings.mail_from,
+                call=call,
+                language=language,
+            )
+    except CrmNotifyError as exc:
+        _fail(str(exc))
+    finally:
+        runtime.engine.dispose()
+    click.echo(f"Verdict: {result.verdict}\n")
+    click.echo(headers_text(result.message))
+    click.echo("")
+    click.echo(result.text or "(no text part)")
+    if result.html is not None:
+        target = html_out or runtime.settings.var_dir / "preview" / f"{rule}.html"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(result.html, "utf-8")
+        click.echo(f"\nHTML part written to {target}", err=True)
+
+
+@main.group()
+def events() -> None:
+    """Send events from the command line."""
+
+
+@events.command("send")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("--source", default="cli", show_default=True, help="Recorded as the event source.")
+@pass_ctx
+def events_send(ctx: _Context, file: str, source: str) -> None:
+    """Ingest Segment calls from FILE (a JSON call, a JSON array, a batch body or JSON Lines).
+
+    Without Redis, the notifications are delivered by a running `crm-notify serve`.
+    """
+    from crm_notify.clock import now
+    from crm_notify.events.schemas import parse_calls_document
+
+    text = sys.stdin.read() if file == "-" else Path(file).read_text("utf-8")
+    runtime = _runtime(ctx)
+    try:
+        calls = parse_calls_document(text, received_at=now())
+        result = runtime.intake.ingest(calls, source)
+    except CrmNotifyError as exc:
+        _fail(str(exc))
+    finally:
+        runtime.close()
+    click.echo(
+        f"accepted {result.accepted}, duplicates {result.duplicates}, "
+        f"notifications {len(result.notification_ids)}"
+    )

@@ -1,0 +1,192 @@
+"""Keeping order and cart state from Segment ecommerce events.
+
+Orders are keyed by ``properties.order_id`` on every event whose name starts with ``Order``.
+The status is ``properties.status`` when given, otherwise implied by the event name
+(:data:`IMPLIED_ORDER_STATUS`). Carts are keyed by ``properties.cart_id``. State changes only
+when the event's own ``timestamp`` is not older than the state it would replace, so a late event
+cannot roll an order back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import Session, select
+
+from crm_notify.commerce.models import Cart, Order
+
+#: Status an ``Order ...`` event implies when it carries no ``status`` property.
+IMPLIED_ORDER_STATUS: dict[str, str] = {
+    "Order Completed": "completed",
+    "Order Cancelled": "cancelled",
+    "Order Refunded": "refunded",
+}
+
+#: Cart events and what they do to the cart.
+CART_EVENTS = frozenset(
+    {"Product Added", "Product Removed", "Cart Viewed", "Checkout Started", "Order Completed"}
+)
+
+
+@dataclass(frozen=True)
+class OrderChange:
+    """The result of applying an event to an order.
+
+    Parameters:
+        order: the order row after the event.
+        old_status, new_status: the status before and after.
+        applied: ``False`` when the event was older than the stored state and was ignored.
+    """
+
+    order: Order
+    old_status: str | None
+    new_status: str | None
+    applied: bool
+
+    @property
+    def status_changed(self) -> bool:
+        """Whether this event moved the order to a different status."""
+        return self.applied and self.new_status is not None and self.old_status != self.new_status
+
+
+def _as_str(value: Any) -> str | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (str, int, float)):
+        text = str(value).strip()
+        return text[:255] or None
+    return None
+
+
+def _as_number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def apply_order_event(
+    *,
+    session: Session,
+    event_name: str,
+    properties: dict[str, Any],
+    timestamp: datetime,
+    contact_id: int | None,
+) -> OrderChange | None:
+    """Apply an ``Order ...`` track event to its order; ``None`` when it names no order."""
+    if not event_name.startswith("Order "):
+        return None
+    order_id = _as_str(properties.get("order_id"))
+    if order_id is None:
+        return None
+    status = _as_str(properties.get("status"))
+    status = status.lower() if status else IMPLIED_ORDER_STATUS.get(event_name)
+    order = session.exec(select(Order).where(Order.order_id == order_id)).first()
+    if order is None:
+        order = Order(order_id=order_id, contact_id=contact_id, created_at=timestamp)
+        old_status = None
+    else:
+        old_status = order.status
+        if timestamp < order.updated_at:
+            return OrderChange(order, old_status, old_status, applied=False)
+    if status is not None and status != order.status:
+        order.previous_status = order.status
+        order.status = status
+    if order.contact_id is None:
+        order.contact_id = contact_id
+    total = _as_number(properties.get("total", properties.get("revenue")))
+    if total is not None:
+        order.total = total
+    currency = _as_str(properties.get("currency"))
+    if currency:
+        order.currency = currency[:8]
+    merged = dict(order.properties or {})
+    merged.update(properties)
+    order.properties = merged
+    order.updated_at = timestamp
+    session.add(order)
+    session.flush()
+    return OrderChange(order, old_status, order.status, applied=True)
+
+
+def apply_cart_event(
+    *,
+    session: Session,
+    event_name: str,
+    properties: dict[str, Any],
+    timestamp: datetime,
+    contact_id: int | None,
+) -> Cart | None:
+    """Apply a cart event (see :data:`CART_EVENTS`) to its cart; ``None`` when none is named."""
+    if event_name not in CART_EVENTS:
+        return None
+    cart_id = _as_str(properties.get("cart_id"))
+    if cart_id is None:
+        return None
+    cart = session.exec(select(Cart).where(Cart.cart_id == cart_id)).first()
+    if cart is None:
+        cart = Cart(cart_id=cart_id, contact_id=contact_id, last_activity_at=timestamp)
+    elif timestamp < cart.last_activity_at:
+        return cart
+    products = list(cart.products or [])
+    if event_name == "Product Added":
+        products.append({k: v for k, v in properties.items() if k != "cart_id"})
+    elif event_name == "Product Removed":
+        product_id = properties.get("product_id")
+        products = [p for p in products if p.get("product_id") != product_id]
+    elif event_name in {"Cart Viewed", "Checkout Started"} and isinstance(
+        properties.get("products"), list
+    ):
+        products = [p for p in properties["products"] if isinstance(p, dict)]
+    elif event_name == "Order Completed":
+        cart.status = "converted"
+        cart.order_id = _as_str(properties.get("order_id"))
+    if cart.status != "converted":
+        cart.status = "open" if products else "empty"
+    cart.products = products
+    total = _as_number(properties.get("total", properties.get("value")))
+    if total is not None:
+        cart.total = total
+    if cart.contact_id is None:
+        cart.contact_id = contact_id
+    cart.last_activity_at = timestamp
+    session.add(cart)
+    session.flush()
+    return cart
+
+
+def order_data(order: Order | None) -> dict[str, Any] | None:
+    """The order as plain data for conditions and templates (its properties, then our fields)."""
+    if order is None:
+        return None
+    data = dict(order.properties or {})
+    data.update(
+        order_id=order.order_id,
+        status=order.status,
+        previous_status=order.previous_status,
+        total=order.total,
+        currency=order.currency,
+    )
+    return data
+
+
+def cart_data(cart: Cart | None) -> dict[str, Any] | None:
+    """The cart as plain data for conditions and templates."""
+    if cart is None:
+        return None
+    return {
+        "cart_id": cart.cart_id,
+        "status": cart.status,
+        "products": list(cart.products or []),
+        "total": cart.total,
+        "order_id": cart.order_id,
+        "last_activity_at": cart.last_activity_at.isoformat(),
+    }

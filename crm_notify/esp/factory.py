@@ -1,0 +1,63 @@
+"""Build the ESP adapter named by ``CRM_NOTIFY_ESP_URL``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from crm_notify.errors import ConfigurationError
+from crm_notify.esp.base import EspAdapter
+from crm_notify.esp.console import ConsoleAdapter
+from crm_notify.esp.file import FileAdapter
+from crm_notify.esp.smtp import SmtpAdapter, SmtpOptions
+
+#: Values of boolean URL options read as true.
+TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
+
+
+def _flag(query: dict[str, list[str]], name: str, default: bool = False) -> bool:
+    values = query.get(name)
+    return default if not values else values[-1].strip().lower() in TRUE_VALUES
+
+
+def adapter_from_url(url: str, *, base_dir: Path | None = None) -> EspAdapter:
+    """Return the adapter for ``url``.
+
+    Parameters:
+        url: ``smtp://user:pass@host:port?starttls=1``, ``smtps://...``, ``file:///abs/dir``,
+            ``file:relative/dir`` or ``console:``.
+        base_dir: where relative ``file:`` paths start (default: the working directory).
+
+    Raises:
+        ConfigurationError: the URL names an unknown scheme or lacks a part it needs.
+    """
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    if parts.scheme in {"smtp", "smtps"}:
+        if not parts.hostname:
+            raise ConfigurationError(f"CRM_NOTIFY_ESP_URL: no host in {parts.scheme} URL")
+        implicit = parts.scheme == "smtps"
+        timeout = float(query.get("timeout", ["30"])[-1])
+        return SmtpAdapter(
+            SmtpOptions(
+                host=parts.hostname,
+                port=parts.port or (465 if implicit else 25),
+                username=unquote(parts.username) if parts.username else None,
+                password=unquote(parts.password) if parts.password else None,
+                starttls=_flag(query, "starttls"),
+                implicit_tls=implicit,
+                timeout_s=timeout,
+                verify_tls=_flag(query, "verify", default=True),
+            )
+        )
+    if parts.scheme == "file":
+        raw = unquote(
+            parts.path if parts.netloc in ("", "localhost") else parts.netloc + parts.path
+        )
+        path = Path(raw)
+        if not path.is_absolute():
+            path = (base_dir or Path.cwd()) / path
+        return FileAdapter(path)
+    if parts.scheme == "console":
+        return ConsoleAdapter()
+    raise ConfigurationError(f"CRM_NOTIFY_ESP_URL: unsupported scheme {parts.scheme!r}")

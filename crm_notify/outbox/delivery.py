@@ -1,0 +1,168 @@
+"""Delivering one notification: claim, render once, hand to the ESP, record the outcome.
+
+Called by the ``deliver_notification`` actor with a notification id. Safe to call any number of
+times for the same id: only a claimable row is worked on, and a sent row is never sent again.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from email.message import EmailMessage
+from email.utils import parseaddr
+
+from sqlalchemy.engine import Engine
+
+from crm_notify.clock import now
+from crm_notify.db import session_scope
+from crm_notify.errors import EspPermanentError, EspTransientError, RenderError
+from crm_notify.esp.base import EspAdapter
+from crm_notify.outbox import repository
+from crm_notify.outbox.models import Notification
+from crm_notify.render.mime import build_message, make_message_id
+from crm_notify.render.templates import TemplateStore
+
+logger = logging.getLogger(__name__)
+
+#: Backoff before retry n (1-based), capped at the last value.
+RETRY_BACKOFF = (
+    timedelta(seconds=10),
+    timedelta(seconds=30),
+    timedelta(minutes=2),
+    timedelta(minutes=10),
+    timedelta(minutes=30),
+    timedelta(hours=1),
+)
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    """What one call of :meth:`DeliveryService.deliver` did.
+
+    ``status`` is ``skipped`` (not claimable), ``sent``, ``retrying`` or ``failed``;
+    ``retry_in`` is set for ``retrying``.
+    """
+
+    status: str
+    retry_in: timedelta | None = None
+
+
+class DeliveryService:
+    """Delivers notifications by id.
+
+    Parameters:
+        engine: the database.
+        templates: where templates are rendered from.
+        adapter: the ESP adapter.
+        mail_from: the From header.
+        max_attempts: attempts before a transient failure becomes ``failed``.
+        schedule_retry: called with (notification id, delay) after a transient failure.
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        templates: TemplateStore,
+        adapter: EspAdapter,
+        mail_from: str,
+        max_attempts: int,
+        schedule_retry: Callable[[int, timedelta], None] | None = None,
+    ) -> None:
+        self._engine = engine
+        self._templates = templates
+        self._adapter = adapter
+        self._mail_from = mail_from
+        self._max_attempts = max_attempts
+        self._schedule_retry = schedule_retry
+        domain = parseaddr(mail_from)[1].rpartition("@")[2]
+        self._domain = domain or "localhost"
+
+    def deliver(self, notification_id: int) -> DeliveryOutcome:
+        """Attempt delivery of one notification; see the module docstring."""
+        with session_scope(self._engine) as session:
+            row = repository.claim_for_delivery(session=session, notification_id=notification_id)
+            if row is None:
+                return DeliveryOutcome("skipped")
+            if row.message is None:
+                try:
+                    self._render_into(row)
+                except RenderError as exc:
+                    repository.mark_failed(
+                        session=session, notification_id=notification_id, error=f"render: {exc}"
+                    )
+                    logger.warning("notification %s failed to render: %s", notification_id, exc)
+                    return DeliveryOutcome("failed")
+                session.add(row)
+            assert row.message is not None
+            message = email.message_from_string(row.message, policy=email.policy.SMTP)
+            attempts = row.attempts
+        assert isinstance(message, EmailMessage)
+        try:
+            result = self._adapter.send(message)
+        except EspTransientError as exc:
+            return self._after_transient(notification_id, attempts, exc)
+        except EspPermanentError as exc:
+            with session_scope(self._engine) as session:
+                repository.mark_failed(
+                    session=session, notification_id=notification_id, error=str(exc)
+                )
+            logger.warning("notification %s rejected permanently: %s", notification_id, exc)
+            return DeliveryOutcome("failed")
+        with session_scope(self._engine) as session:
+            repository.mark_sent(
+                session=session,
+                notification_id=notification_id,
+                esp=result.esp,
+                esp_message_id=result.provider_message_id,
+            )
+        return DeliveryOutcome("sent")
+
+    def _render_into(self, row: Notification) -> None:
+        rendered = self._templates.render(row.template, row.context, language=row.language)
+        message_id = make_message_id(self._domain)
+        contact = row.context.get("contact") or {}
+        name = contact.get("name") or " ".join(
+            part for part in (contact.get("first_name"), contact.get("last_name")) if part
+        )
+        message = build_message(
+            rendered,
+            from_address=self._mail_from,
+            to_address=row.to_address,
+            to_name=name if isinstance(name, str) and name else None,
+            message_id=message_id,
+            extra_headers={"X-CRM-Notify-Id": str(row.id), "X-CRM-Notify-Rule": row.rule},
+        )
+        row.message = message.as_string(policy=email.policy.SMTP)
+        row.message_id = message_id
+        row.subject = rendered.subject
+        row.language = rendered.language
+
+    def _after_transient(
+        self, notification_id: int, attempts: int, exc: EspTransientError
+    ) -> DeliveryOutcome:
+        with session_scope(self._engine) as session:
+            if attempts >= self._max_attempts:
+                repository.mark_failed(
+                    session=session,
+                    notification_id=notification_id,
+                    error=f"gave up after {attempts} attempts: {exc}",
+                )
+                return DeliveryOutcome("failed")
+            delay = RETRY_BACKOFF[min(attempts, len(RETRY_BACKOFF)) - 1]
+            if exc.retry_after_s is not None:
+                delay = max(delay, timedelta(seconds=exc.retry_after_s))
+            repository.mark_retrying(
+                session=session,
+                notification_id=notification_id,
+                error=str(exc),
+                next_attempt_at=now() + delay,
+            )
+        logger.info("notification %s will be retried in %s: %s", notification_id, delay, exc)
+        if self._schedule_retry is not None:
+            self._schedule_retry(notification_id, delay)
+        return DeliveryOutcome("retrying", retry_in=delay)

@@ -1,0 +1,254 @@
+"""Outbox operations: write decisions and sends together, claim and move sends through states.
+
+Every transition is a single conditional ``UPDATE`` (``WHERE status IN ...``), so two workers
+holding the same id cannot both claim it, and a redelivered broker message for a notification
+that was already sent does nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from crm_notify.clock import now
+from crm_notify.outbox.models import (
+    CLAIMABLE,
+    Decision,
+    DecisionOutcome,
+    Notification,
+    NotificationStatus,
+    NotificationStatusChange,
+)
+
+
+def record_decision(
+    *,
+    session: Session,
+    rule: str,
+    outcome: DecisionOutcome,
+    reason: str,
+    event_id: int | None,
+    contact_id: int | None,
+    notification_id: int | None = None,
+) -> Decision:
+    """Append one entry to the decision log (in the caller's transaction)."""
+    decision = Decision(
+        rule=rule,
+        outcome=outcome,
+        reason=reason,
+        event_id=event_id,
+        contact_id=contact_id,
+        notification_id=notification_id,
+    )
+    session.add(decision)
+    return decision
+
+
+def create_notification(*, session: Session, notification: Notification, reason: str) -> bool:
+    """Insert ``notification`` with its ``send`` decision, unless its idempotency key exists.
+
+    Returns:
+        ``True`` when inserted; ``False`` when a notification with the same key already exists
+        (nothing is written then).
+    """
+    exists = session.exec(
+        select(Notification.id).where(Notification.idempotency_key == notification.idempotency_key)
+    ).first()
+    if exists is not None:
+        return False
+    session.add(notification)
+    session.flush()
+    assert notification.id is not None
+    session.add(
+        NotificationStatusChange(
+            notification_id=notification.id, status=NotificationStatus.PENDING, detail=reason
+        )
+    )
+    record_decision(
+        session=session,
+        rule=notification.rule,
+        outcome=DecisionOutcome.SEND,
+        reason=reason,
+        event_id=notification.event_id,
+        contact_id=notification.contact_id,
+        notification_id=notification.id,
+    )
+    return True
+
+
+def _transition(
+    session: Session,
+    notification_id: int,
+    *,
+    from_statuses: Sequence[NotificationStatus],
+    to_status: NotificationStatus,
+    detail: str | None,
+    values: dict[str, Any] | None = None,
+    extra_where: Any = None,
+) -> bool:
+    moment = now()
+    stmt = (
+        sa.update(Notification)
+        .where(col(Notification.id) == notification_id)
+        .where(col(Notification.status).in_([s.value for s in from_statuses]))
+        .values(status=to_status.value, updated_at=moment, **(values or {}))
+    )
+    if extra_where is not None:
+        stmt = stmt.where(extra_where)
+    result = session.execute(stmt)
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    session.add(
+        NotificationStatusChange(
+            notification_id=notification_id, status=to_status, detail=detail, at=moment
+        )
+    )
+    return True
+
+
+def claim_for_delivery(*, session: Session, notification_id: int) -> Notification | None:
+    """Claim a notification for one delivery attempt.
+
+    Returns:
+        The claimed row (status ``sending``, attempts incremented), or ``None`` when it is
+        already sent, failed, being sent by another worker, or not yet due.
+    """
+    moment = now()
+    due = sa.or_(
+        col(Notification.next_attempt_at).is_(None), col(Notification.next_attempt_at) <= moment
+    )
+    claimed = _transition(
+        session,
+        notification_id,
+        from_statuses=CLAIMABLE,
+        to_status=NotificationStatus.SENDING,
+        detail=None,
+        values={"attempts": Notification.attempts + 1},  # type: ignore[dict-item]
+        extra_where=due,
+    )
+    if not claimed:
+        return None
+    return session.get(Notification, notification_id, populate_existing=True)
+
+
+def mark_sent(
+    *, session: Session, notification_id: int, esp: str, esp_message_id: str | None
+) -> bool:
+    """Move a ``sending`` notification to ``sent``."""
+    return _transition(
+        session,
+        notification_id,
+        from_statuses=(NotificationStatus.SENDING,),
+        to_status=NotificationStatus.SENT,
+        detail=f"accepted by {esp}",
+        values={"esp": esp, "esp_message_id": esp_message_id, "sent_at": now(), "last_error": None},
+    )
+
+
+def mark_retrying(
+    *, session: Session, notification_id: int, error: str, next_attempt_at: datetime
+) -> bool:
+    """Move a ``sending`` notification to ``retrying`` until ``next_attempt_at``."""
+    return _transition(
+        session,
+        notification_id,
+        from_statuses=(NotificationStatus.SENDING,),
+        to_status=NotificationStatus.RETRYING,
+        detail=error,
+        values={"last_error": error, "next_attempt_at": next_attempt_at},
+    )
+
+
+def mark_failed(*, session: Session, notification_id: int, error: str) -> bool:
+    """Move a ``sending`` notification to ``failed`` for good."""
+    return _transition(
+        session,
+        notification_id,
+        from_statuses=(NotificationStatus.SENDING,),
+        to_status=NotificationStatus.FAILED,
+        detail=error,
+        values={"last_error": error},
+    )
+
+
+def mark_queued(*, session: Session, notification_ids: Sequence[int]) -> None:
+    """Record that ``pending`` notifications were handed to the broker (one statement)."""
+    if not notification_ids:
+        return
+    session.execute(
+        sa.update(Notification)
+        .where(col(Notification.id).in_(list(notification_ids)))
+        .where(col(Notification.status) == NotificationStatus.PENDING.value)
+        .values(status=NotificationStatus.QUEUED.value, updated_at=now())
+    )
+
+
+def find_stranded(
+    *, session: Session, pending_grace: timedelta, lease: timedelta, limit: int = 1000
+) -> list[int]:
+    """Ids of notifications that should be on the broker but may not be.
+
+    - ``pending`` for longer than ``pending_grace`` (crash between commit and enqueue);
+    - ``queued`` or due ``retrying`` for longer than ``lease`` (the broker lost the message);
+    - ``sending`` for longer than ``lease`` (a worker died mid-send): moved back to
+      ``retrying`` here, so the next claim retries it.
+    """
+    moment = now()
+    stale_sending = session.exec(
+        select(Notification.id)
+        .where(col(Notification.status) == NotificationStatus.SENDING.value)
+        .where(col(Notification.updated_at) < moment - lease)
+        .limit(limit)
+    ).all()
+    for notification_id in stale_sending:
+        assert notification_id is not None
+        _transition(
+            session,
+            notification_id,
+            from_statuses=(NotificationStatus.SENDING,),
+            to_status=NotificationStatus.RETRYING,
+            detail="delivery attempt did not finish within the lease; retrying",
+            values={"next_attempt_at": moment},
+            extra_where=col(Notification.updated_at) < moment - lease,
+        )
+    rows = session.exec(
+        select(Notification.id)
+        .where(
+            sa.or_(
+                sa.and_(
+                    col(Notification.status) == NotificationStatus.PENDING.value,
+                    col(Notification.created_at) < moment - pending_grace,
+                ),
+                sa.and_(
+                    col(Notification.status) == NotificationStatus.QUEUED.value,
+                    col(Notification.updated_at) < moment - lease,
+                ),
+                sa.and_(
+                    col(Notification.status) == NotificationStatus.RETRYING.value,
+                    sa.or_(
+                        col(Notification.next_attempt_at).is_(None),
+                        col(Notification.next_attempt_at) < moment - lease,
+                        col(Notification.id).in_(list(stale_sending) or [-1]),
+                    ),
+                ),
+            )
+        )
+        .order_by(col(Notification.id))
+        .limit(limit)
+    ).all()
+    return [r for r in rows if r is not None]
+
+
+def find_undelivered(*, session: Session, limit: int = 10000) -> list[int]:
+    """Ids of every notification not yet finished (used at start-up of the embedded broker)."""
+    rows = session.exec(
+        select(Notification.id)
+        .where(col(Notification.status).in_([s.value for s in CLAIMABLE]))
+        .order_by(col(Notification.id))
+        .limit(limit)
+    ).all()
+    return [r for r in rows if r is not None]

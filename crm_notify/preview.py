@@ -1,0 +1,164 @@
+"""Preview: what a rule would send to a contact, rendered through the real code path."""
+
+from __future__ import annotations
+
+import email.policy
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import Any
+
+from sqlmodel import Session, col, or_, select
+
+from crm_notify.commerce.models import Cart, Order
+from crm_notify.commerce.state import cart_data, order_data
+from crm_notify.contacts.models import Contact
+from crm_notify.contacts.repository import contact_data
+from crm_notify.errors import ConditionError, CrmNotifyError
+from crm_notify.events.models import Event
+from crm_notify.events.schemas import SegmentCall
+from crm_notify.guards.policy import SendPolicy
+from crm_notify.intake import event_data
+from crm_notify.render.mime import build_message
+from crm_notify.render.templates import TemplateStore
+from crm_notify.rules.model import EventTrigger, IdentifyTrigger, Rule
+
+
+class PreviewError(CrmNotifyError):
+    """The preview cannot be made (unknown contact, nothing to preview with)."""
+
+
+@dataclass(frozen=True)
+class Preview:
+    """A rendered preview and the verdict a real send would get.
+
+    ``verdict`` is ``"would be sent"`` or ``"would be skipped: <reason>"``.
+    """
+
+    message: EmailMessage
+    verdict: str
+    context: dict[str, Any]
+
+    @property
+    def html(self) -> str | None:
+        """The HTML part, if the template has one."""
+        part = self.message.get_body(preferencelist=("html",))
+        return None if part is None else str(part.get_content())  # type: ignore[attr-defined]
+
+    @property
+    def text(self) -> str | None:
+        """The plain-text part, if the template has one."""
+        part = self.message.get_body(preferencelist=("plain",))
+        return None if part is None else str(part.get_content())  # type: ignore[attr-defined]
+
+
+def find_contact_by_address(session: Session, who: str) -> Contact:
+    """Find a contact by email (case-insensitive) or user id.
+
+    Raises:
+        PreviewError: no such contact.
+    """
+    contact = session.exec(
+        select(Contact).where(
+            or_(col(Contact.email) == who.strip().lower(), col(Contact.user_id) == who)
+        )
+    ).first()
+    if contact is None:
+        raise PreviewError(f"no contact with email or userId {who!r}")
+    return contact
+
+
+def _latest_event(session: Session, rule: Rule, contact: Contact) -> dict[str, Any] | None:
+    query = select(Event).where(Event.contact_id == contact.id)
+    trigger = rule.trigger
+    if isinstance(trigger, EventTrigger):
+        query = query.where(Event.name == trigger.event)
+    elif isinstance(trigger, IdentifyTrigger):
+        query = query.where(Event.type == "identify")
+    else:
+        query = query.where(col(Event.name).startswith("Order "))
+    event = session.exec(query.order_by(col(Event.timestamp).desc())).first()
+    return None if event is None else _stored_event_data(event)
+
+
+def _stored_event_data(event: Event) -> dict[str, Any]:
+    payload = event.payload
+    return {
+        "type": event.type,
+        "event": payload.get("event"),
+        "name": payload.get("name"),
+        "message_id": event.message_id,
+        "user_id": event.user_id,
+        "anonymous_id": event.anonymous_id,
+        "properties": payload.get("properties") or {},
+        "traits": payload.get("traits") or {},
+        "context": payload.get("context") or {},
+        "timestamp": event.timestamp.isoformat(),
+    }
+
+
+def build_preview(
+    *,
+    session: Session,
+    rule: Rule,
+    contact: Contact,
+    templates: TemplateStore,
+    mail_from: str,
+    call: SegmentCall | None = None,
+    language: str | None = None,
+    policy: SendPolicy | None = None,
+) -> Preview:
+    """Render ``rule``'s template for ``contact`` with ``call`` or their latest matching event.
+
+    Raises:
+        PreviewError: no event given and none stored for this contact and rule.
+        RenderError: the template fails (the same error a real send would get).
+    """
+    data = event_data(call) if call is not None else _latest_event(session, rule, contact)
+    if data is None:
+        raise PreviewError(
+            f"contact has no stored event for rule {rule.name!r}; pass one with --event FILE"
+        )
+    properties = data.get("properties") or {}
+    order = cart = None
+    if properties.get("order_id") is not None:
+        order = session.exec(
+            select(Order).where(Order.order_id == str(properties["order_id"]))
+        ).first()
+    if properties.get("cart_id") is not None:
+        cart = session.exec(select(Cart).where(Cart.cart_id == str(properties["cart_id"]))).first()
+    context: dict[str, Any] = {
+        "event": data,
+        "contact": contact_data(contact),
+        "order": order_data(order),
+        "cart": cart_data(cart),
+    }
+    verdict = "would be sent"
+    for condition in rule.conditions:
+        try:
+            if not condition.evaluate(context):
+                verdict = f"would be skipped: condition not met: {condition.source}"
+                break
+        except ConditionError as exc:
+            verdict = f"would be skipped: condition failed: {condition.source}: {exc}"
+            break
+    if verdict == "would be sent":
+        if not contact.email:
+            verdict = "would be skipped: no email address known for this contact"
+        else:
+            reason = (policy or SendPolicy()).check(rule=rule, contact=contact)
+            if reason:
+                verdict = f"would be skipped: {reason}"
+    rendered = templates.render(rule.template, context, language=language or contact.language)
+    message = build_message(
+        rendered,
+        from_address=mail_from,
+        to_address=contact.email or "no-address@invalid",
+        extra_headers={"X-CRM-Notify-Rule": rule.name},
+    )
+    return Preview(message=message, verdict=verdict, context=context)
+
+
+def headers_text(message: EmailMessage) -> str:
+    """The message's headers as they would be sent."""
+    raw = message.as_string(policy=email.policy.SMTP)
+    return raw.split("\r\n\r\n", 1)[0].replace("\r\n", "\n")

@@ -1,0 +1,123 @@
+"""The runtime: every long-lived part of a crm-notify process, built once from Settings."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import dramatiq
+from sqlalchemy.engine import Engine
+
+from crm_notify.config import Settings
+from crm_notify.db import make_engine, session_scope
+from crm_notify.esp.base import EspAdapter
+from crm_notify.esp.factory import adapter_from_url
+from crm_notify.intake import Intake
+from crm_notify.outbox import repository
+from crm_notify.outbox.delivery import DeliveryService
+from crm_notify.outbox.relay import Relay
+from crm_notify.render.templates import TemplateStore
+from crm_notify.rules.engine import RuleSet
+from crm_notify.rules.loader import load_rules
+from crm_notify.worker.actors import Actors, declare_actors
+from crm_notify.worker.broker import build_broker
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """Engine, rules, templates, ESP adapter, broker and services of one process."""
+
+    settings: Settings
+    engine: Engine
+    rules: RuleSet
+    templates: TemplateStore
+    adapter: EspAdapter
+    broker: dramatiq.Broker
+    actors: Actors = field(init=False)
+    intake: Intake = field(init=False)
+    delivery: DeliveryService = field(init=False)
+    relay: Relay = field(init=False)
+    _worker: dramatiq.Worker | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.delivery = DeliveryService(
+            engine=self.engine,
+            templates=self.templates,
+            adapter=self.adapter,
+            mail_from=self.settings.mail_from,
+            max_attempts=self.settings.max_delivery_attempts,
+            schedule_retry=lambda nid, delay: self.actors.schedule_delivery(nid, delay),
+        )
+        self.actors = declare_actors(self.broker, deliver=self.delivery.deliver)
+        self.intake = Intake(engine=self.engine, rules=self.rules, enqueue=self.enqueue)
+        self.relay = Relay(
+            engine=self.engine,
+            enqueue=self.enqueue,
+            interval_s=self.settings.relay_interval_s,
+            lease_s=self.settings.sending_lease_s,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, engine: Engine | None = None) -> Runtime:
+        """Build the runtime; loads and validates every rule and template reference.
+
+        Raises:
+            RuleFileError: a rule file is invalid (the process must not start).
+            ConfigurationError: a setting cannot be used.
+        """
+        templates = TemplateStore(
+            settings.templates_dir, default_language=settings.default_language
+        )
+        rules = load_rules(settings.rules_dir, template_exists=templates.exists)
+        return cls(
+            settings=settings,
+            engine=engine or make_engine(settings.database_url),
+            rules=rules,
+            templates=templates,
+            adapter=adapter_from_url(settings.esp_url),
+            broker=build_broker(settings),
+        )
+
+    def enqueue(self, notification_ids: Sequence[int]) -> None:
+        """Hand notifications to the broker, then mark them ``queued``.
+
+        With the in-process broker but no delivery threads running in this process (the CLI,
+        the Python API), they are delivered right here instead: an in-memory queue that no
+        thread consumes would only delay them until the service's relay found them.
+        """
+        if self.settings.embedded_broker and self._worker is None:
+            for notification_id in notification_ids:
+                self.delivery.deliver(notification_id)
+            return
+        self.actors.enqueue_deliveries(notification_ids)
+        with session_scope(self.engine) as session:
+            repository.mark_queued(session=session, notification_ids=notification_ids)
+
+    def start_background(self) -> None:
+        """Start the relay, and with the in-process broker also the delivery threads.
+
+        With the in-process broker, every unfinished notification is requeued first: the
+        previous process's in-memory queue is gone.
+        """
+        if self.settings.embedded_broker:
+            self._worker = dramatiq.Worker(
+                self.broker, worker_threads=self.settings.worker_threads, worker_timeout=100
+            )
+            self._worker.start()
+            requeued = self.relay.requeue_all_undelivered()
+            if requeued:
+                logger.info("requeued %d unfinished notifications at start-up", requeued)
+        self.relay.start()
+
+    def close(self) -> None:
+        """Stop background threads and release connections."""
+        self.relay.stop()
+        if self._worker is not None:
+            self._worker.stop(timeout=30_000)
+            self._worker = None
+        self.broker.close()
+        self.adapter.close()
+        self.engine.dispose()

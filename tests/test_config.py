@@ -1,0 +1,54 @@
+"""Settings validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from crm_notify.config import load_settings
+from crm_notify.errors import ConfigurationError
+
+
+def test_defaults_are_the_embedded_setup(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Given no CRM_NOTIFY_* variables
+    for name in list(__import__("os").environ):
+        if name.startswith("CRM_NOTIFY_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    # When settings load
+    settings = load_settings()
+    # Then the database is SQLite under var/, no Redis, mail goes to var/outbox
+    assert settings.database_url == "sqlite:///var/crm-notify.db"
+    assert settings.embedded_broker and settings.is_sqlite
+    assert settings.esp_url == "file:var/outbox"
+
+
+def test_invalid_values_name_the_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given invalid values
+    monkeypatch.setenv("CRM_NOTIFY_DATABASE_URL", "mysql://x")
+    monkeypatch.setenv("CRM_NOTIFY_ESP_URL", "pigeon://coop")
+    monkeypatch.setenv("CRM_NOTIFY_PORT", "99999")
+    # When settings load, Then one error lists every variable and why
+    with pytest.raises(ConfigurationError) as excinfo:
+        load_settings()
+    text = str(excinfo.value)
+    assert "CRM_NOTIFY_DATABASE_URL: " in text and "sqlite://" in text
+    assert "CRM_NOTIFY_ESP_URL: " in text and "smtp" in text
+    assert "CRM_NOTIFY_PORT: " in text
+
+
+def test_env_file_is_read(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("CRM_NOTIFY_REDIS_URL", raising=False)
+    env_file = tmp_path / "crm.env"
+    env_file.write_text("CRM_NOTIFY_REDIS_URL=redis://127.0.0.1:6390/2\n")
+    settings = load_settings(env_file)
+    assert settings.redis_url == "redis://127.0.0.1:6390/2" and not settings.embedded_broker
+
+
+def test_missing_env_file_is_an_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        load_settings(tmp_path / "nope.env")
+
+
+def test_postgres_urls_use_psycopg() -> None:
+    settings = load_settings(None, database_url="postgres://u@h/db")
+    assert settings.database_url == "postgresql+psycopg://u@h/db"
