@@ -198,7 +198,7 @@ def worker(ctx: _Context, processes: int | None, threads: int | None) -> None:
     from dramatiq.cli import main as dramatiq_main
 
     sys.argv = argv
-    sys.exit(dramatiq_main())
+    sys.exit(dramatiq_main())  # type: ignore[no-untyped-call]
 
 
 def _read_env_file(path: Path) -> dict[str, str]:

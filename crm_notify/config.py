@@ -119,7 +119,7 @@ def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
         raise ConfigurationError(f"settings file {env_file} does not exist")
     try:
         if env_file is not None:
-            return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+            return Settings(_env_file=env_file, **overrides)
         return Settings(**overrides)
     except ValidationError as exc:
         problems = []

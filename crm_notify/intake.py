@@ -39,6 +39,9 @@ from crm_notify.rules.model import Rule
 
 logger = logging.getLogger(__name__)
 
+#: Traits that end up in mail headers (the To display name): line breaks there are rejected.
+NAME_TRAITS = ("name", "first_name", "last_name", "firstName", "lastName")
+
 
 @dataclass
 class IngestResult:
@@ -125,10 +128,18 @@ class Intake:
     def _validate(self, calls: Sequence[SegmentCall]) -> dict[int, str | None]:
         emails: dict[int, str | None] = {}
         for index, call in enumerate(calls):
-            if call.type != "identify" or "email" not in call.traits:
+            if call.type != "identify":
+                continue
+            prefix = f"batch[{index}]." if len(calls) > 1 else ""
+            for trait in NAME_TRAITS:
+                value = call.traits.get(trait)
+                if isinstance(value, str) and any(ch in value for ch in "\r\n\x00"):
+                    raise EventValidationError(
+                        f"{prefix}traits.{trait}", "must not contain line breaks or NUL"
+                    )
+            if "email" not in call.traits:
                 continue
             value = call.traits["email"]
-            prefix = f"batch[{index}]." if len(calls) > 1 else ""
             if value is None or value == "":
                 emails[index] = None
                 continue

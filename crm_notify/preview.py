@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.policy
 from dataclasses import dataclass
 from email.message import EmailMessage
+from email.utils import parseaddr
 from typing import Any
 
 from sqlmodel import Session, col, or_, select
@@ -20,7 +21,8 @@ from crm_notify.guards.policy import SendPolicy
 from crm_notify.intake import event_data
 from crm_notify.render.mime import build_message
 from crm_notify.render.templates import TemplateStore
-from crm_notify.rules.model import EventTrigger, IdentifyTrigger, Rule
+from crm_notify.rules.model import Rule
+from crm_notify.rules.triggers import EventTrigger, IdentifyTrigger
 
 
 class PreviewError(CrmNotifyError):
@@ -42,13 +44,13 @@ class Preview:
     def html(self) -> str | None:
         """The HTML part, if the template has one."""
         part = self.message.get_body(preferencelist=("html",))
-        return None if part is None else str(part.get_content())  # type: ignore[attr-defined]
+        return None if part is None else str(part.get_content())
 
     @property
     def text(self) -> str | None:
         """The plain-text part, if the template has one."""
         part = self.message.get_body(preferencelist=("plain",))
-        return None if part is None else str(part.get_content())  # type: ignore[attr-defined]
+        return None if part is None else str(part.get_content())
 
 
 def find_contact_by_address(session: Session, who: str) -> Contact:
@@ -149,9 +151,11 @@ def build_preview(
             if reason:
                 verdict = f"would be skipped: {reason}"
     rendered = templates.render(rule.template, context, language=language or contact.language)
+    from_name, from_address = parseaddr(mail_from)
     message = build_message(
         rendered,
-        from_address=mail_from,
+        from_address=from_address,
+        from_name=from_name or None,
         to_address=contact.email or "no-address@invalid",
         extra_headers={"X-CRM-Notify-Rule": rule.name},
     )

@@ -76,11 +76,10 @@ class DeliveryService:
         self._engine = engine
         self._templates = templates
         self._adapter = adapter
-        self._mail_from = mail_from
         self._max_attempts = max_attempts
         self._schedule_retry = schedule_retry
-        domain = parseaddr(mail_from)[1].rpartition("@")[2]
-        self._domain = domain or "localhost"
+        self._from_name, self._from_address = parseaddr(mail_from)
+        self._domain = self._from_address.rpartition("@")[2] or "localhost"
 
     def deliver(self, notification_id: int) -> DeliveryOutcome:
         """Attempt delivery of one notification; see the module docstring."""
@@ -131,7 +130,8 @@ class DeliveryService:
         )
         message = build_message(
             rendered,
-            from_address=self._mail_from,
+            from_address=self._from_address,
+            from_name=self._from_name or None,
             to_address=row.to_address,
             to_name=name if isinstance(name, str) and name else None,
             message_id=message_id,

@@ -127,7 +127,7 @@ def claim_for_delivery(*, session: Session, notification_id: int) -> Notificatio
         from_statuses=CLAIMABLE,
         to_status=NotificationStatus.SENDING,
         detail=None,
-        values={"attempts": Notification.attempts + 1},  # type: ignore[dict-item]
+        values={"attempts": Notification.attempts + 1},
         extra_where=due,
     )
     if not claimed:

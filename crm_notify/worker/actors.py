@@ -46,10 +46,5 @@ def declare_actors(broker: dramatiq.Broker, *, deliver: Callable[[int], Any]) ->
     def deliver_notification(notification_id: int) -> None:
         deliver(notification_id)
 
-    actor: dramatiq.Actor[[int], None] = dramatiq.actor(
-        deliver_notification,
-        broker=broker,
-        actor_name=DELIVER_ACTOR,
-        queue_name=QUEUE_NAME,
-    )
-    return Actors(deliver_notification=actor)
+    decorate = dramatiq.actor(broker=broker, actor_name=DELIVER_ACTOR, queue_name=QUEUE_NAME)
+    return Actors(deliver_notification=decorate(deliver_notification))

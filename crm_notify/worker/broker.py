@@ -39,7 +39,7 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
     notification is first a row in the outbox, which the relay re-enqueues after a restart.
     """
     if settings.redis_url:
-        return RedisBroker(
+        return RedisBroker(  # type: ignore[no-untyped-call]
             url=settings.redis_url, namespace=settings.redis_namespace, middleware=_middleware()
         )
     return StubBroker(middleware=_middleware())

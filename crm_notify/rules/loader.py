@@ -1,0 +1,295 @@
+"""Rule files -> validated, compiled ``Rule`` objects, with every problem tied to a file and line.
+
+``load_rules`` runs at start-up and stops at the first bad file; ``lint_rules`` runs the same
+checks but collects every problem; ``rule_file_json_schema`` describes the format for editors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from crm_notify.errors import RuleFileError
+from crm_notify.render.sandbox import BoundedSandboxEnvironment
+from crm_notify.rules._validation_errors import describe, validation_problems
+from crm_notify.rules.conditions import compile_condition
+from crm_notify.rules.engine import RuleSet
+from crm_notify.rules.model import Rule, RulesFileSpec, RuleSpec
+from crm_notify.rules.triggers import EventTrigger, IdentifyTrigger, OrderStatusTrigger, Trigger
+from crm_notify.rules.yaml_source import NodePath, YamlDocument, read_yaml_file
+
+#: File name endings read as rule files.
+RULE_FILE_SUFFIXES = frozenset({".yaml", ".yml"})
+TemplateExists = Callable[[str], bool]
+
+
+def load_rule_file(
+    path: Path,
+    *,
+    template_exists: TemplateExists | None = None,
+    environment: BoundedSandboxEnvironment | None = None,
+) -> list[Rule]:
+    """Load the rules of one file.
+
+    Parameters:
+        path: a rule file (one rule, or ``rules:`` with a list).
+        template_exists: when given, called with each ``template`` to check that it exists.
+        environment: the sandbox to compile conditions in (a default one when ``None``).
+
+    Raises:
+        RuleFileError: the first problem in the file (a note counts the others).
+
+    Returns:
+        The file's rules, in file order.
+    """
+    environment = environment or BoundedSandboxEnvironment()
+    rules, problems = _load_file(path, environment, template_exists)
+    seen: dict[str, Rule] = {}
+    problems += _duplicate_names(rules, seen)
+    _raise_first(problems)
+    return rules
+
+
+def load_rules(
+    rules_dir_or_file: Path, *, template_exists: TemplateExists | None = None
+) -> RuleSet:
+    """Load every rule file under a directory (recursively, sorted), or one file.
+
+    Parameters:
+        rules_dir_or_file: a directory of ``*.yaml``/``*.yml`` files, or a single file.
+        template_exists: when given, called with each ``template`` to check that it exists.
+
+    Raises:
+        RuleFileError: the first problem found: in a file, or a rule name used twice.
+
+    Returns:
+        The indexed rules.
+    """
+    environment = BoundedSandboxEnvironment()
+    rules: list[Rule] = []
+    seen: dict[str, Rule] = {}
+    for path in rule_files(rules_dir_or_file):
+        loaded, problems = _load_file(path, environment, template_exists)
+        problems += _duplicate_names(loaded, seen)
+        _raise_first(problems)
+        rules += loaded
+    return RuleSet(rules)
+
+
+def lint_rules(path: Path, *, template_exists: TemplateExists | None = None) -> list[RuleFileError]:
+    """Check rule files like :func:`load_rules`, collecting every problem instead of stopping.
+
+    Parameters:
+        path: a directory of rule files, or a single file.
+        template_exists: when given, called with each ``template`` to check that it exists.
+
+    Returns:
+        The problems, by file then line; empty when all is well.
+    """
+    try:
+        paths = rule_files(path)
+    except RuleFileError as exc:
+        return [exc]
+    environment = BoundedSandboxEnvironment()
+    problems: list[RuleFileError] = []
+    seen: dict[str, Rule] = {}
+    for file in paths:
+        loaded, file_problems = _load_file(file, environment, template_exists)
+        file_problems += _duplicate_names(loaded, seen)
+        problems += sorted(file_problems, key=lambda err: err.line or 0)
+    return problems
+
+
+def rule_files(path: Path) -> list[Path]:
+    """Return the rule files at ``path``: itself if a file, else its YAML files, recursively.
+
+    Hidden files and directories (a name starting with ``.``) are skipped.
+
+    Parameters:
+        path: a file or directory.
+
+    Raises:
+        RuleFileError: ``path`` does not exist.
+
+    Returns:
+        The files, sorted by path.
+    """
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise RuleFileError(path, None, "no such rule file or directory")
+    found = (
+        file
+        for file in path.rglob("*")
+        if file.suffix in RULE_FILE_SUFFIXES
+        and file.is_file()
+        and not any(part.startswith(".") for part in file.relative_to(path).parts)
+    )
+    return sorted(found, key=lambda file: file.relative_to(path).as_posix())
+
+
+def rule_file_json_schema() -> dict[str, Any]:
+    """Return the JSON Schema of a rule file (one rule, or ``rules:`` with a list), for editors.
+
+    Returns:
+        A JSON Schema (draft 2020-12) document.
+    """
+    schema = TypeAdapter(RuleSpec | RulesFileSpec).json_schema()
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "crm-notify rule file",
+        "description": "One rule (a mapping with 'name'), or several under 'rules:'.",
+        **schema,
+    }
+
+
+def _raise_first(problems: list[RuleFileError]) -> None:
+    if not problems:
+        return
+    first = min(problems, key=lambda err: err.line or 0)
+    if len(problems) > 1:
+        first.add_note(
+            f"{len(problems) - 1} more problem(s); run 'crm-notify rules lint' to list them all"
+        )
+    raise first
+
+
+def _duplicate_names(rules: list[Rule], seen: dict[str, Rule]) -> list[RuleFileError]:
+    problems = []
+    for rule in rules:
+        first = seen.setdefault(rule.name, rule)
+        if first is not rule:
+            problems.append(
+                RuleFileError(
+                    rule.source_path,
+                    rule.source_line,
+                    f"rule name '{rule.name}' is already used at "
+                    f"{first.source_path}:{first.source_line}",
+                    "rule names must be unique across all rule files",
+                )
+            )
+    return problems
+
+
+def _load_file(
+    path: Path, environment: BoundedSandboxEnvironment, template_exists: TemplateExists | None
+) -> tuple[list[Rule], list[RuleFileError]]:
+    """Return the valid rules of one file and the problems found in it."""
+    try:
+        document = read_yaml_file(path)
+    except RuleFileError as exc:
+        return [], [exc]
+    specs, problems = _validate(path, document)
+    rules = []
+    for prefix, spec in specs:
+        rule_problems = []
+        conditions = []
+        for when_path, source in _when_entries(prefix, document, spec):
+            try:
+                conditions.append(
+                    compile_condition(
+                        source,
+                        environment=environment,
+                        path=path,
+                        line=document.line_for(when_path),
+                    )
+                )
+            except RuleFileError as exc:
+                rule_problems.append(exc)
+        if template_exists is not None and not template_exists(spec.template):
+            rule_problems.append(
+                RuleFileError(
+                    path,
+                    document.line_for((*prefix, "template")),
+                    f"template '{spec.template}' does not exist",
+                    f"create templates/{spec.template}/ or fix the name",
+                )
+            )
+        problems += rule_problems
+        if not rule_problems:
+            rules.append(
+                Rule(
+                    name=spec.name,
+                    description=spec.description,
+                    enabled=spec.enabled,
+                    trigger=_trigger(spec),
+                    conditions=tuple(conditions),
+                    template=spec.template,
+                    purpose=spec.purpose,
+                    channel=spec.channel,
+                    source_path=path,
+                    source_line=document.line_for((*prefix, "name")) or 1,
+                )
+            )
+    return rules, problems
+
+
+def _validate(
+    path: Path, document: YamlDocument
+) -> tuple[list[tuple[NodePath, RuleSpec]], list[RuleFileError]]:
+    """Validate the document; return each valid rule's spec with its path, and the problems."""
+    data = document.data
+    if not isinstance(data, dict):
+        return [], [
+            RuleFileError(
+                path,
+                document.line_for(()),
+                f"a rule file must be a mapping, got {describe(data)}",
+                "write one rule (with 'name:') or a list of rules under 'rules:'",
+            )
+        ]
+    if "rules" not in data:
+        try:
+            return [((), RuleSpec.model_validate(data))], []
+        except ValidationError as exc:
+            return [], validation_problems(path, document, RuleSpec, exc)
+    try:
+        rules = RulesFileSpec.model_validate(data).rules
+        specs: list[tuple[NodePath, RuleSpec]] = [
+            (("rules", index), spec) for index, spec in enumerate(rules)
+        ]
+        return specs, []
+    except ValidationError as exc:
+        problems = validation_problems(path, document, RulesFileSpec, exc)
+        locations = [error["loc"] for error in exc.errors()]
+        if any(len(loc) < 2 or not isinstance(loc[1], int) for loc in locations):
+            return [], problems  # the file itself is malformed, not only some of its rules
+        bad = {loc[1] for loc in locations}
+        valid: list[tuple[NodePath, RuleSpec]] = [
+            (("rules", index), RuleSpec.model_validate(item))
+            for index, item in enumerate(data["rules"])
+            if index not in bad
+        ]
+        return valid, problems
+
+
+def _when_entries(
+    prefix: NodePath, document: YamlDocument, spec: RuleSpec
+) -> Iterator[tuple[NodePath, str]]:
+    """Yield each ``when`` expression with its path (the item, or the key for a single string)."""
+    if spec.when is None:
+        return
+    single = isinstance(_get(document.data, (*prefix, "when")), str)
+    for index, source in enumerate(spec.when):
+        yield ((*prefix, "when") if single else (*prefix, "when", index)), source
+
+
+def _trigger(spec: RuleSpec) -> Trigger:
+    trigger = spec.trigger
+    if trigger.event is not None:
+        return EventTrigger(event=trigger.event)
+    if trigger.identify is not None:
+        return IdentifyTrigger(first=trigger.identify.first)
+    assert trigger.order_status is not None  # TriggerSpec guarantees exactly one
+    status = trigger.order_status
+    from_ = frozenset(status.from_) if status.from_ is not None else None
+    return OrderStatusTrigger(to=frozenset(status.to), from_=from_)
+
+
+def _get(data: Any, path: NodePath) -> Any:
+    for part in path:
+        data = data[part]
+    return data

@@ -1,0 +1,102 @@
+"""Running the real ``crm-notify`` command as a subprocess, as a user would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.support.servers import free_port
+
+#: The installed console script of this virtual environment.
+CRM_NOTIFY = str(Path(sys.executable).parent / "crm-notify")
+
+
+def run_cli(
+    env: dict[str, str], *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run ``crm-notify ARGS`` and return the finished process."""
+    result = subprocess.run(
+        [CRM_NOTIFY, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"crm-notify {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def service_env(base: dict[str, str]) -> dict[str, str]:
+    """The current environment without CRM_NOTIFY_* variables, plus ``base``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_NOTIFY_")}
+    env.update(base)
+    return env
+
+
+class ServiceProcess:
+    """``crm-notify serve`` on a free port, stopped with SIGTERM."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self._log = log_path.open("w")
+        self.process = subprocess.Popen(
+            [CRM_NOTIFY, "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.log_path = log_path
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 60
+        while True:
+            if self.process.poll() is not None:
+                raise AssertionError(f"service exited early:\n{log_path.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"service did not start:\n{log_path.read_text()}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+class WorkerProcess:
+    """``crm-notify worker`` (Dramatiq worker processes on Redis)."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, *, processes: int = 1) -> None:
+        self._log = log_path.open("w")
+        self.log_path = log_path
+        self.process = subprocess.Popen(
+            [CRM_NOTIFY, "worker", "--processes", str(processes), "--threads", "2"],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._log.close()
