@@ -26,9 +26,7 @@ test: $(STAMP)  ## Run the whole test suite (starts a private Redis when none is
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 check: $(STAMP)  ## Format check, lint and type check
-	$(BIN)/ruff format --check crm_notify tests bench alembic
-	$(BIN)/ruff check crm_notify tests bench alembic
-	$(BIN)/mypy
+	scripts/check
 
 bench: $(STAMP)  ## Run the benchmarks and print their figures
 	$(BIN)/python -m bench

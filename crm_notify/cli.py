@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from crm_notify.config import Settings, load_settings
 from crm_notify.errors import ConfigurationError, CrmNotifyError, RuleFileError
@@ -67,13 +68,19 @@ def db() -> None:
 @pass_ctx
 def db_upgrade(ctx: _Context, revision: str) -> None:
     """Create or migrate the database to the latest schema."""
+    from alembic.util import CommandError
+
     from crm_notify.db import make_engine
-    from crm_notify.migrations import upgrade
+    from crm_notify.migrations import current_revision, upgrade
 
     engine = make_engine(ctx.settings.database_url)
-    upgrade(engine, revision)
-    engine.dispose()
-    click.echo(f"database is at revision {revision}")
+    try:
+        upgrade(engine, revision)
+        click.echo(f"database is at revision {current_revision(engine)}")
+    except CommandError as exc:
+        _fail(f"cannot migrate to {revision!r}: {exc}")
+    finally:
+        engine.dispose()
 
 
 # --- API keys -------------------------------------------------------------------------------
@@ -347,18 +354,24 @@ def events() -> None:
 def events_send(ctx: _Context, file: str, source: str) -> None:
     """Ingest Segment calls from FILE (a JSON call, a JSON array, a batch body or JSON Lines).
 
-    Without Redis, the notifications are delivered by a running `crm-notify serve`.
+    With Redis, the notifications are queued for `crm-notify worker`; without it (the
+    embedded default) they are delivered before the command returns. Use - for stdin.
     """
     from crm_notify.clock import now
     from crm_notify.events.schemas import parse_calls_document
 
-    text = sys.stdin.read() if file == "-" else Path(file).read_text("utf-8")
+    try:
+        text = sys.stdin.read() if file == "-" else Path(file).read_text("utf-8")
+    except UnicodeDecodeError as exc:
+        _fail(f"{file} is not UTF-8 text (byte {exc.start})")
     runtime = _runtime(ctx)
     try:
         calls = parse_calls_document(text, received_at=now())
         result = runtime.intake.ingest(calls, source)
     except CrmNotifyError as exc:
         _fail(str(exc))
+    except SQLAlchemyError as exc:
+        _fail(f"database error ({type(exc).__name__}); nothing was written")
     finally:
         runtime.close()
     click.echo(

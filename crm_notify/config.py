@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,6 +18,9 @@ from crm_notify.errors import ConfigurationError
 
 #: Prefix of every environment variable crm-notify reads.
 ENV_PREFIX = "CRM_NOTIFY_"
+
+#: Accepted spellings of boolean URL options.
+BOOLEAN_VALUES = frozenset({"1", "0", "true", "false", "yes", "no", "on", "off"})
 
 #: ESP URL schemes this release can deliver through.
 ESP_SCHEMES = frozenset({"smtp", "smtps", "file", "console"})
@@ -91,6 +94,23 @@ class Settings(BaseSettings):
             raise ValueError(f"scheme must be one of {', '.join(sorted(ESP_SCHEMES))}")
         if parts.scheme in {"smtp", "smtps"} and not parts.hostname:
             raise ValueError("an smtp URL needs a host, e.g. smtp://user:pass@mail.example:587")
+        try:
+            parts.port  # noqa: B018 - urlsplit checks the port lazily
+        except ValueError as exc:
+            raise ValueError(f"invalid port: {exc}") from exc
+        for name, values in parse_qs(parts.query).items():
+            if name == "timeout":
+                try:
+                    timeout = float(values[-1])
+                except ValueError:
+                    timeout = -1.0
+                if not 0 < timeout <= 600:
+                    raise ValueError("timeout must be a number of seconds between 0 and 600")
+            elif name in {"starttls", "verify"}:
+                if values[-1].strip().lower() not in BOOLEAN_VALUES:
+                    raise ValueError(f"{name} must be 1/0, true/false, yes/no or on/off")
+            else:
+                raise ValueError(f"unknown option {name!r} (known: timeout, starttls, verify)")
         return value
 
     @property

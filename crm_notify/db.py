@@ -57,6 +57,8 @@ def import_models() -> None:
 def make_engine(database_url: str, *, pool_size: int = 10) -> Engine:
     """Create the engine for ``database_url``.
 
+    Statement parameters are never put into error messages or logs: they hold personal data.
+
     SQLite gets WAL journaling, a busy timeout and enforced foreign keys; its parent folder is
     created when missing, so the embedded default needs no set-up.
     """
@@ -65,7 +67,9 @@ def make_engine(database_url: str, *, pool_size: int = 10) -> Engine:
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            database_url, connect_args={"check_same_thread": False, "timeout": 30}
+            database_url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            hide_parameters=True,
         )
 
         @sa.event.listens_for(engine, "connect")
@@ -85,7 +89,11 @@ def make_engine(database_url: str, *, pool_size: int = 10) -> Engine:
 
         return engine
     return create_engine(
-        database_url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+        database_url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        hide_parameters=True,
     )
 
 

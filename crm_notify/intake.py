@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from crm_notify.clock import now
 from crm_notify.commerce.models import Cart, Order
 from crm_notify.commerce.state import (
     apply_cart_event,
@@ -34,6 +36,7 @@ from crm_notify.events.schemas import SegmentCall
 from crm_notify.guards.policy import SendPolicy
 from crm_notify.outbox import repository
 from crm_notify.outbox.models import DecisionOutcome, Notification
+from crm_notify.render.mime import FORBIDDEN_IN_HEADERS
 from crm_notify.rules.engine import RuleSet
 from crm_notify.rules.model import Rule
 
@@ -41,6 +44,13 @@ logger = logging.getLogger(__name__)
 
 #: Traits that end up in mail headers (the To display name): line breaks there are rejected.
 NAME_TRAITS = ("name", "first_name", "last_name", "firstName", "lastName")
+
+#: Transactions tried per request when a concurrent request wrote the same rows first.
+INGEST_ATTEMPTS = 3
+
+#: How far in the future an event's timestamp may be when ordering state; later stamps are
+#: taken as this, so one event from a wrong clock cannot freeze an order.
+MAX_CLOCK_SKEW = timedelta(minutes=5)
 
 
 @dataclass
@@ -105,15 +115,16 @@ class Intake:
             EventValidationError: a call is invalid (nothing is written).
         """
         emails = self._validate(calls)
-        for attempt in (1, 2):
+        received = now()
+        for attempt in range(1, INGEST_ATTEMPTS + 1):
             try:
                 with session_scope(self._engine) as session:
-                    result = self._apply(session, calls, emails, source)
+                    result = self._apply(session, calls, emails, source, received)
                 break
             except IntegrityError:
-                # A concurrent request inserted the same messageId or contact first; the retry
-                # sees its rows and treats them as duplicates.
-                if attempt == 2:
+                # A concurrent request inserted the same messageId, contact or order first;
+                # the retry sees its rows (duplicates are then skipped, rows updated).
+                if attempt == INGEST_ATTEMPTS:
                     raise
         if result.notification_ids and self._enqueue is not None:
             try:
@@ -133,7 +144,7 @@ class Intake:
             prefix = f"batch[{index}]." if len(calls) > 1 else ""
             for trait in NAME_TRAITS:
                 value = call.traits.get(trait)
-                if isinstance(value, str) and any(ch in value for ch in "\r\n\x00"):
+                if isinstance(value, str) and not FORBIDDEN_IN_HEADERS.isdisjoint(value):
                     raise EventValidationError(
                         f"{prefix}traits.{trait}", "must not contain line breaks or NUL"
                     )
@@ -157,6 +168,7 @@ class Intake:
         calls: Sequence[SegmentCall],
         emails: dict[int, str | None],
         source: str,
+        received: datetime,
     ) -> IngestResult:
         result = IngestResult()
         seen = set(
@@ -172,7 +184,12 @@ class Intake:
                 continue
             seen.add(call.message_id)
             result.accepted += 1
-            self._apply_one(session, call, emails.get(index), source, result)
+            try:
+                self._apply_one(session, call, emails.get(index), source, received, result)
+            except EventValidationError as exc:
+                if len(calls) == 1:
+                    raise
+                raise EventValidationError(f"batch[{index}].{exc.field}", exc.message) from exc
         return result
 
     def _apply_one(
@@ -181,6 +198,7 @@ class Intake:
         call: SegmentCall,
         email: str | None,
         source: str,
+        received: datetime,
         result: IngestResult,
     ) -> None:
         created = False
@@ -210,7 +228,8 @@ class Intake:
             payload=call.raw,
         )
         session.add(event)
-        matched = self._match(session, call, contact, created)
+        state_time = min(call.timestamp, received + MAX_CLOCK_SKEW)
+        matched = self._match(session, call, contact, created, state_time)
         if not matched:
             return
         session.flush()
@@ -218,7 +237,12 @@ class Intake:
             self._decide(session, call, event, contact, match, result)
 
     def _match(
-        self, session: Session, call: SegmentCall, contact: Contact | None, created: bool
+        self,
+        session: Session,
+        call: SegmentCall,
+        contact: Contact | None,
+        created: bool,
+        state_time: datetime,
     ) -> list[_Matched]:
         contact_id = contact.id if contact else None
         if call.type == "identify":
@@ -229,14 +253,14 @@ class Intake:
             session=session,
             event_name=call.event,
             properties=call.properties,
-            timestamp=call.timestamp,
+            timestamp=state_time,
             contact_id=contact_id,
         )
         cart = apply_cart_event(
             session=session,
             event_name=call.event,
             properties=call.properties,
-            timestamp=call.timestamp,
+            timestamp=state_time,
             contact_id=contact_id,
         )
         order = order_change.order if order_change else None

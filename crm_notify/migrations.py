@@ -31,6 +31,12 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         command.upgrade(config, revision)
 
 
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at (``None`` before the first migration)."""
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
 def pending_revision(engine: Engine) -> str | None:
     """Return the head revision when the database is behind it, else ``None``."""
     script = ScriptDirectory.from_config(alembic_config(str(engine.url)))

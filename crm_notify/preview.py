@@ -14,7 +14,8 @@ from crm_notify.commerce.models import Cart, Order
 from crm_notify.commerce.state import cart_data, order_data
 from crm_notify.contacts.models import Contact
 from crm_notify.contacts.repository import contact_data
-from crm_notify.errors import ConditionError, CrmNotifyError
+from crm_notify.errors import ConditionError, CrmNotifyError, EventValidationError
+from crm_notify.events.emails import normalise_email
 from crm_notify.events.models import Event
 from crm_notify.events.schemas import SegmentCall
 from crm_notify.guards.policy import SendPolicy
@@ -59,10 +60,12 @@ def find_contact_by_address(session: Session, who: str) -> Contact:
     Raises:
         PreviewError: no such contact.
     """
+    try:
+        address = normalise_email(who.strip())
+    except EventValidationError:
+        address = who.strip()
     contact = session.exec(
-        select(Contact).where(
-            or_(col(Contact.email) == who.strip().lower(), col(Contact.user_id) == who)
-        )
+        select(Contact).where(or_(col(Contact.email) == address, col(Contact.user_id) == who))
     ).first()
     if contact is None:
         raise PreviewError(f"no contact with email or userId {who!r}")

@@ -115,8 +115,8 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("order_id", sa.String(length=255), nullable=False),
         sa.Column("contact_id", sa.Integer(), nullable=True),
-        sa.Column("status", sa.String(length=64), nullable=True),
-        sa.Column("previous_status", sa.String(length=64), nullable=True),
+        sa.Column("status", sa.String(length=255), nullable=True),
+        sa.Column("previous_status", sa.String(length=255), nullable=True),
         sa.Column("total", sa.Float(), nullable=True),
         sa.Column("currency", sa.String(length=8), nullable=True),
         sa.Column(

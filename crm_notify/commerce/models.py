@@ -21,8 +21,8 @@ class Order(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     order_id: str = Field(max_length=255, unique=True, index=True)
     contact_id: int | None = Field(default=None, foreign_key="contact.id", index=True)
-    status: str | None = Field(default=None, max_length=64)
-    previous_status: str | None = Field(default=None, max_length=64)
+    status: str | None = Field(default=None, max_length=255)
+    previous_status: str | None = Field(default=None, max_length=255)
     total: float | None = None
     currency: str | None = Field(default=None, max_length=8)
     properties: dict[str, Any] = Field(default_factory=dict, sa_column=json_column())

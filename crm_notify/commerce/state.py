@@ -1,5 +1,6 @@
 """Keeping order and cart state from Segment ecommerce events.
 
+Rows are read ``FOR UPDATE`` so concurrent events for one order or cart apply in turn.
 Orders are keyed by ``properties.order_id`` on every event whose name starts with ``Order``.
 The status is ``properties.status`` when given, otherwise implied by the event name
 (:data:`IMPLIED_ORDER_STATUS`). Carts are keyed by ``properties.cart_id``. State changes only
@@ -9,6 +10,7 @@ cannot roll an order back.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -63,13 +65,12 @@ def _as_str(value: Any) -> str | None:
 def _as_number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
+    if isinstance(value, (int, float, str)):
         try:
-            return float(value)
-        except ValueError:
+            number = float(value)
+        except (ValueError, OverflowError):
             return None
+        return number if math.isfinite(number) else None
     return None
 
 
@@ -89,7 +90,9 @@ def apply_order_event(
         return None
     status = _as_str(properties.get("status"))
     status = status.lower() if status else IMPLIED_ORDER_STATUS.get(event_name)
-    order = session.exec(select(Order).where(Order.order_id == order_id)).first()
+    # Lock the row: concurrent events for one order must apply one after the other, or two
+    # "shipped" updates could both see the old status and both notify (PostgreSQL).
+    order = session.exec(select(Order).where(Order.order_id == order_id).with_for_update()).first()
     if order is None:
         order = Order(order_id=order_id, contact_id=contact_id, created_at=timestamp)
         old_status = None
@@ -131,7 +134,7 @@ def apply_cart_event(
     cart_id = _as_str(properties.get("cart_id"))
     if cart_id is None:
         return None
-    cart = session.exec(select(Cart).where(Cart.cart_id == cart_id)).first()
+    cart = session.exec(select(Cart).where(Cart.cart_id == cart_id).with_for_update()).first()
     if cart is None:
         cart = Cart(cart_id=cart_id, contact_id=contact_id, last_activity_at=timestamp)
     elif timestamp < cart.last_activity_at:

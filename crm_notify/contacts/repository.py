@@ -18,13 +18,20 @@ TIMEZONE_TRAITS = ("timezone", "time_zone", "timeZone")
 def find_contact(
     *, session: Session, user_id: str | None, anonymous_id: str | None
 ) -> Contact | None:
-    """Return the contact known by ``user_id`` (preferred) or ``anonymous_id``."""
+    """Return the contact known by ``user_id``, else by ``anonymous_id``.
+
+    A contact found by ``anonymous_id`` that already belongs to another ``userId`` is not
+    returned for a call that carries a ``userId``: two people sharing a device must not share
+    a contact (and each other's mail).
+    """
     if user_id:
         contact = session.exec(select(Contact).where(Contact.user_id == user_id)).first()
         if contact is not None:
             return contact
     if anonymous_id:
-        return session.exec(select(Contact).where(Contact.anonymous_id == anonymous_id)).first()
+        contact = session.exec(select(Contact).where(Contact.anonymous_id == anonymous_id)).first()
+        if contact is not None and (not user_id or contact.user_id in (None, user_id)):
+            return contact
     return None
 
 
@@ -70,12 +77,7 @@ def upsert_contact(
     if email is not None:
         owner = session.exec(select(Contact).where(Contact.email == email)).first()
         if owner is not None and (contact is None or owner.id != contact.id):
-            if owner.user_id and user_id and owner.user_id != user_id:
-                raise EventValidationError(
-                    "traits.email", "this address already belongs to a contact with another userId"
-                )
-            if contact is None:
-                contact = owner
+            contact = _claim_email(session, owner=owner, contact=contact, user_id=user_id)
     created = contact is None
     if contact is None:
         contact = Contact()
@@ -101,6 +103,27 @@ def upsert_contact(
     session.add(contact)
     session.flush()
     return contact, created
+
+
+def _claim_email(
+    session: Session, *, owner: Contact, contact: Contact | None, user_id: str | None
+) -> Contact:
+    """Decide who gets an address that ``owner`` already has.
+
+    - no contact matched the call: the owner is that contact, unless it has another userId;
+    - the owner is anonymous (no userId): the address moves to the matched contact;
+    - otherwise two known people claim one address: refused.
+    """
+    if contact is None and (owner.user_id is None or user_id is None or owner.user_id == user_id):
+        return owner
+    if contact is not None and owner.user_id is None:
+        owner.email = None
+        session.add(owner)
+        session.flush()
+        return contact
+    raise EventValidationError(
+        "traits.email", "this address already belongs to another contact (another userId)"
+    )
 
 
 def ensure_contact(*, session: Session, user_id: str | None, anonymous_id: str | None) -> Contact:

@@ -20,6 +20,9 @@ MAX_INT_DIGITS = 100
 
 #: A JSON string literal (bytes), removed before brackets are counted.
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+#: Escapes that can produce a NUL or a UTF-16 surrogate inside a string; only when one is
+#: present are the parsed strings walked to find the offending one.
+_SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
 #: Every byte that is not a bracket, deleted to leave the nesting skeleton.
 _NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
 #: The opening brackets, as byte values.
@@ -142,7 +145,40 @@ def loads_strict(data: bytes | str) -> Any:
         found = _find_bad(value)
         if found is not None:
             raise EventValidationError(found[0], found[1].message)
+    if _SUSPECT_ESCAPE.search(text):
+        bad = _find_bad_string(value)
+        if bad is not None:
+            raise EventValidationError(bad, "must not contain NUL characters or lone surrogates")
     return value
+
+
+def _bad_string(text: str) -> bool:
+    if "\x00" in text:
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _find_bad_string(value: Any) -> str | None:
+    """The path of the first key or string holding NUL or a lone surrogate, if any."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, str):
+            if _bad_string(node):
+                return path
+        elif isinstance(node, dict):
+            for key, child in node.items():
+                child_path = f"{path}.{key}" if path else key
+                if _bad_string(key):
+                    return path or "(key)"
+                stack.append((child_path, child))
+        elif isinstance(node, list):
+            stack.extend((f"{path}[{i}]", child) for i, child in enumerate(node))
+    return None
 
 
 _JSON_TYPES: dict[type, str] = {

@@ -9,13 +9,16 @@ from __future__ import annotations
 import email
 import email.policy
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from email.message import EmailMessage
 from email.utils import parseaddr
+from typing import Any
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
 from crm_notify.clock import now
 from crm_notify.db import session_scope
@@ -37,6 +40,26 @@ RETRY_BACKOFF = (
     timedelta(minutes=30),
     timedelta(hours=1),
 )
+
+
+#: Seconds to wait between attempts to record a send the provider accepted.
+MARK_SENT_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+#: Length of the ``subject`` column (the header itself is folded, not cut).
+SUBJECT_COLUMN_CHARS = 998
+
+
+def _display_name(contact: dict[str, Any]) -> str | None:
+    """The recipient's display name from contact data, or ``None``; only strings count."""
+    name = contact.get("name")
+    if isinstance(name, str) and name.strip():
+        return name.strip()
+    parts = [
+        p.strip()
+        for p in (contact.get("first_name"), contact.get("last_name"))
+        if isinstance(p, str) and p.strip()
+    ]
+    return " ".join(parts) or None
 
 
 @dataclass(frozen=True)
@@ -90,11 +113,13 @@ class DeliveryService:
             if row.message is None:
                 try:
                     self._render_into(row)
-                except RenderError as exc:
+                except Exception as exc:  # any failure to build the message is permanent
+                    session.expire(row)
+                    kind = "render" if isinstance(exc, RenderError) else type(exc).__name__
                     repository.mark_failed(
-                        session=session, notification_id=notification_id, error=f"render: {exc}"
+                        session=session, notification_id=notification_id, error=f"{kind}: {exc}"
                     )
-                    logger.warning("notification %s failed to render: %s", notification_id, exc)
+                    logger.warning("notification %s failed to render (%s)", notification_id, kind)
                     return DeliveryOutcome("failed")
                 session.add(row)
             assert row.message is not None
@@ -110,36 +135,56 @@ class DeliveryService:
                 repository.mark_failed(
                     session=session, notification_id=notification_id, error=str(exc)
                 )
-            logger.warning("notification %s rejected permanently: %s", notification_id, exc)
-            return DeliveryOutcome("failed")
-        with session_scope(self._engine) as session:
-            repository.mark_sent(
-                session=session,
-                notification_id=notification_id,
-                esp=result.esp,
-                esp_message_id=result.provider_message_id,
+            logger.warning(
+                "notification %s rejected permanently by %s (status %s)",
+                notification_id,
+                exc.esp,
+                exc.status_code,
             )
+            return DeliveryOutcome("failed")
+        self._record_sent(notification_id, result.esp, result.provider_message_id)
         return DeliveryOutcome("sent")
+
+    def _record_sent(self, notification_id: int, esp: str, esp_message_id: str | None) -> None:
+        # The provider has the message now: losing this write would mean a second send after
+        # the lease, so a short database outage is waited out here.
+        for delay_s in (*MARK_SENT_RETRY_DELAYS_S, None):
+            try:
+                with session_scope(self._engine) as session:
+                    repository.mark_sent(
+                        session=session,
+                        notification_id=notification_id,
+                        esp=esp,
+                        esp_message_id=esp_message_id,
+                    )
+                return
+            except OperationalError:
+                if delay_s is None:
+                    logger.error(
+                        "notification %s was sent but could not be marked sent; it may be "
+                        "sent again after the lease",
+                        notification_id,
+                    )
+                    raise
+                time.sleep(delay_s)
 
     def _render_into(self, row: Notification) -> None:
         rendered = self._templates.render(row.template, row.context, language=row.language)
         message_id = make_message_id(self._domain)
         contact = row.context.get("contact") or {}
-        name = contact.get("name") or " ".join(
-            part for part in (contact.get("first_name"), contact.get("last_name")) if part
-        )
+        name = _display_name(contact)
         message = build_message(
             rendered,
             from_address=self._from_address,
             from_name=self._from_name or None,
             to_address=row.to_address,
-            to_name=name if isinstance(name, str) and name else None,
+            to_name=name,
             message_id=message_id,
             extra_headers={"X-CRM-Notify-Id": str(row.id), "X-CRM-Notify-Rule": row.rule},
         )
         row.message = message.as_string(policy=email.policy.SMTP)
         row.message_id = message_id
-        row.subject = rendered.subject
+        row.subject = rendered.subject[:SUBJECT_COLUMN_CHARS]
         row.language = rendered.language
 
     def _after_transient(
@@ -162,7 +207,13 @@ class DeliveryService:
                 error=str(exc),
                 next_attempt_at=now() + delay,
             )
-        logger.info("notification %s will be retried in %s: %s", notification_id, delay, exc)
+        logger.info(
+            "notification %s will be retried in %s (%s, status %s)",
+            notification_id,
+            delay,
+            exc.esp,
+            exc.status_code,
+        )
         if self._schedule_retry is not None:
             self._schedule_retry(notification_id, delay)
         return DeliveryOutcome("retrying", retry_in=delay)

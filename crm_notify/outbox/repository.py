@@ -176,14 +176,30 @@ def mark_failed(*, session: Session, notification_id: int, error: str) -> bool:
 
 
 def mark_queued(*, session: Session, notification_ids: Sequence[int]) -> None:
-    """Record that ``pending`` notifications were handed to the broker (one statement)."""
+    """Record that notifications were handed to the broker (just now).
+
+    ``pending`` and ``queued`` rows become ``queued``; ``retrying`` rows keep their status.
+    Either way ``updated_at`` moves on, so the relay leaves them alone for a while.
+    """
     if not notification_ids:
         return
+    ids = list(notification_ids)
+    moment = now()
     session.execute(
         sa.update(Notification)
-        .where(col(Notification.id).in_(list(notification_ids)))
-        .where(col(Notification.status) == NotificationStatus.PENDING.value)
-        .values(status=NotificationStatus.QUEUED.value, updated_at=now())
+        .where(col(Notification.id).in_(ids))
+        .where(
+            col(Notification.status).in_(
+                [NotificationStatus.PENDING.value, NotificationStatus.QUEUED.value]
+            )
+        )
+        .values(status=NotificationStatus.QUEUED.value, updated_at=moment)
+    )
+    session.execute(
+        sa.update(Notification)
+        .where(col(Notification.id).in_(ids))
+        .where(col(Notification.status) == NotificationStatus.RETRYING.value)
+        .values(updated_at=moment)
     )
 
 
@@ -193,7 +209,9 @@ def find_stranded(
     """Ids of notifications that should be on the broker but may not be.
 
     - ``pending`` for longer than ``pending_grace`` (crash between commit and enqueue);
-    - ``queued`` or due ``retrying`` for longer than ``lease`` (the broker lost the message);
+    - ``retrying``, due for longer than ``pending_grace`` and not requeued within it (the
+      delayed message was lost, or went to an in-process broker that is gone);
+    - ``queued`` for longer than ``lease`` (the broker lost the message);
     - ``sending`` for longer than ``lease`` (a worker died mid-send): moved back to
       ``retrying`` here, so the next claim retries it.
     """
@@ -212,9 +230,10 @@ def find_stranded(
             from_statuses=(NotificationStatus.SENDING,),
             to_status=NotificationStatus.RETRYING,
             detail="delivery attempt did not finish within the lease; retrying",
-            values={"next_attempt_at": moment},
+            values={"next_attempt_at": moment - pending_grace},
             extra_where=col(Notification.updated_at) < moment - lease,
         )
+    session.flush()
     rows = session.exec(
         select(Notification.id)
         .where(
@@ -230,9 +249,14 @@ def find_stranded(
                 sa.and_(
                     col(Notification.status) == NotificationStatus.RETRYING.value,
                     sa.or_(
-                        col(Notification.next_attempt_at).is_(None),
-                        col(Notification.next_attempt_at) < moment - lease,
                         col(Notification.id).in_(list(stale_sending) or [-1]),
+                        sa.and_(
+                            sa.or_(
+                                col(Notification.next_attempt_at).is_(None),
+                                col(Notification.next_attempt_at) < moment - pending_grace,
+                            ),
+                            col(Notification.updated_at) < moment - pending_grace,
+                        ),
                     ),
                 ),
             )
