@@ -40,7 +40,15 @@ pass_ctx = click.make_pass_decorator(_Context)
 
 @click.group(
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-    epilog="Settings come from CRM_NOTIFY_* environment variables; see the README.",
+    epilog="""\b
+Examples:
+  crm-notify db upgrade                      create or migrate the database
+  crm-notify api-keys create my-shop         a key for the shop's Segment SDK
+  crm-notify serve --port 8000               run the event API (and delivery)
+  crm-notify rules lint                      check rules/ and the templates they use
+  crm-notify preview order-shipped --contact alice@example.com
+
+Settings come from CRM_NOTIFY_* environment variables (or --env-file); see the README.""",
 )
 @click.option(
     "--env-file",
