@@ -244,7 +244,7 @@ def rules_lint(ctx: _Context, path: Path | None) -> None:
     problems: list[str] = [str(err) for err in lint_rules(target, template_exists=templates.exists)]
     if not problems:
         ruleset = load_rules(target, template_exists=templates.exists)
-        for name in sorted({rule.template for rule in ruleset.rules}):
+        for name in sorted({step.template for rule in ruleset.rules for step in rule.steps}):
             problems += templates.lint(name)
         for problem in problems:
             click.echo(problem)

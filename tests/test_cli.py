@@ -77,7 +77,7 @@ def test_rules_lint_reports_file_and_line(env: dict[str, str], tmp_path: Path) -
 
 def test_shipped_rules_lint_clean(env: dict[str, str]) -> None:
     result = run_cli(env, "rules", "lint")
-    assert "3 rules OK" in result.stdout
+    assert "4 rules OK" in result.stdout
 
 
 def test_rules_schema_is_json_schema(env: dict[str, str]) -> None:

@@ -24,6 +24,10 @@ _KEY_SYNONYMS = {
     "enable": "enabled",
     "active": "enabled",
     "type": "purpose",
+    "stop_when": "exit_when",
+    "exit_if": "exit_when",
+    "cancel_when": "cancel_on",
+    "wait": "delay",
 }
 _TYPE_NAMES = {
     bool: "boolean",
@@ -65,7 +69,7 @@ def validation_problems(
             continue
         line = document.line_for(loc)
         kind = error["type"]
-        where = _dotted(loc)
+        where = dotted(loc)
         suggestion = None
         if kind == "extra_forbidden":
             key = str(loc[-1])
@@ -73,8 +77,11 @@ def validation_problems(
             suggestion = _suggest_key(key, _allowed_keys(model, loc[:-1]))
         elif kind == "missing":
             message = f"missing required key '{loc[-1]}'"
-            parent = _dotted(loc[:-1])
+            parent = dotted(loc[:-1])
             message += f" in '{parent}'" if parent else ""
+        elif kind == "duration_parsing":
+            message = error["msg"]
+            suggestion = error.get("ctx", {}).get("hint")
         elif kind == "string_pattern_mismatch":
             message = f"'{where}' is not a valid name: {error['input']!r}"
             suggestion = "use lowercase letters, digits, '-' and '_'"
@@ -144,7 +151,8 @@ def _unwrap(annotation: Any) -> Any:
             return annotation
 
 
-def _dotted(loc: Sequence[str | int]) -> str:
+def dotted(loc: Sequence[str | int]) -> str:
+    """Return a path as written in messages: ``rules[1].trigger.event``."""
     text = ""
     for part in loc:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)

@@ -6,7 +6,12 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 from crm_notify.rules.model import Rule
-from crm_notify.rules.triggers import EventTrigger, IdentifyTrigger, OrderStatusTrigger
+from crm_notify.rules.triggers import (
+    EventTrigger,
+    IdentifyTrigger,
+    IdleTrigger,
+    OrderStatusTrigger,
+)
 
 _NO_RULES: tuple[Rule, ...] = ()
 
@@ -34,9 +39,14 @@ class RuleSet:
         statuses: defaultdict[tuple[str, str | None], list[tuple[int, Rule]]] = defaultdict(list)
         identify_any: list[Rule] = []
         identify_all: list[Rule] = []
+        # activity event name -> idle rules it restarts; cancelling event name -> rules
+        idle: defaultdict[str, list[Rule]] = defaultdict(list)
+        cancels: defaultdict[str, list[Rule]] = defaultdict(list)
         for position, rule in enumerate(self._rules):
             if not rule.enabled:
                 continue
+            for event_name in sorted(rule.cancel_on):
+                cancels[event_name].append(rule)
             trigger = rule.trigger
             if isinstance(trigger, EventTrigger):
                 events[trigger.event].append(rule)
@@ -49,9 +59,14 @@ class RuleSet:
                 identify_all.append(rule)
                 if not trigger.first:
                     identify_any.append(rule)
+            elif isinstance(trigger, IdleTrigger):
+                for event_name in sorted(trigger.activity):
+                    idle[event_name].append(rule)
         self._events = {name: tuple(found) for name, found in events.items()}
         self._statuses = {key: tuple(found) for key, found in statuses.items()}
         self._identify = {True: tuple(identify_all), False: tuple(identify_any)}
+        self._idle = {name: tuple(found) for name, found in idle.items()}
+        self._cancels = {name: tuple(found) for name, found in cancels.items()}
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -115,3 +130,27 @@ class RuleSet:
             when ``first`` is true.
         """
         return self._identify[first]
+
+    def for_idle(self, event_name: str) -> tuple[Rule, ...]:
+        """Return the enabled ``idle_for`` rules for which ``event_name`` counts as activity.
+
+        Each such event restarts the rule's idle period for its entity (e.g. the cart).
+
+        Parameters:
+            event_name: a Segment ``track`` event name (exact, case-sensitive).
+
+        Returns:
+            Rules whose ``activity`` holds ``event_name``, possibly none.
+        """
+        return self._idle.get(event_name, _NO_RULES)
+
+    def cancelled_by(self, event_name: str) -> tuple[Rule, ...]:
+        """Return the enabled rules whose pending steps the track event ``event_name`` cancels.
+
+        Parameters:
+            event_name: a Segment ``track`` event name (exact, case-sensitive).
+
+        Returns:
+            Rules listing ``event_name`` in ``cancel_on``, possibly none.
+        """
+        return self._cancels.get(event_name, _NO_RULES)

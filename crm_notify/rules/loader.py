@@ -6,7 +6,6 @@ checks but collects every problem; ``rule_file_json_schema`` describes the forma
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +13,22 @@ from pydantic import TypeAdapter, ValidationError
 
 from crm_notify.errors import RuleFileError
 from crm_notify.render.sandbox import BoundedSandboxEnvironment
+from crm_notify.rules._compile import TemplateExists, compile_conditions, compile_steps
 from crm_notify.rules._validation_errors import describe, validation_problems
-from crm_notify.rules.conditions import compile_condition
 from crm_notify.rules.engine import RuleSet
 from crm_notify.rules.model import Rule, RulesFileSpec, RuleSpec
-from crm_notify.rules.triggers import EventTrigger, IdentifyTrigger, OrderStatusTrigger, Trigger
+from crm_notify.rules.triggers import (
+    CART_ACTIVITY_EVENTS,
+    EventTrigger,
+    IdentifyTrigger,
+    IdleTrigger,
+    OrderStatusTrigger,
+    Trigger,
+)
 from crm_notify.rules.yaml_source import NodePath, YamlDocument, read_yaml_file
 
 #: File name endings read as rule files.
 RULE_FILE_SUFFIXES = frozenset({".yaml", ".yml"})
-TemplateExists = Callable[[str], bool]
 
 
 def load_rule_file(
@@ -36,7 +41,7 @@ def load_rule_file(
 
     Parameters:
         path: a rule file (one rule, or ``rules:`` with a list).
-        template_exists: when given, called with each ``template`` to check that it exists.
+        template_exists: when given, called with every step's template to check that it exists.
         environment: the sandbox to compile conditions in (a default one when ``None``).
 
     Raises:
@@ -60,7 +65,7 @@ def load_rules(
 
     Parameters:
         rules_dir_or_file: a directory of ``*.yaml``/``*.yml`` files, or a single file.
-        template_exists: when given, called with each ``template`` to check that it exists.
+        template_exists: when given, called with every step's template to check that it exists.
 
     Raises:
         RuleFileError: the first problem found: in a file, or a rule name used twice.
@@ -84,7 +89,7 @@ def lint_rules(path: Path, *, template_exists: TemplateExists | None = None) -> 
 
     Parameters:
         path: a directory of rule files, or a single file.
-        template_exists: when given, called with each ``template`` to check that it exists.
+        template_exists: when given, called with every step's template to check that it exists.
 
     Returns:
         The problems, by file then line; empty when all is well.
@@ -185,29 +190,25 @@ def _load_file(
     specs, problems = _validate(path, document)
     rules = []
     for prefix, spec in specs:
-        rule_problems = []
-        conditions = []
-        for when_path, source in _when_entries(prefix, document, spec):
-            try:
-                conditions.append(
-                    compile_condition(
-                        source,
-                        environment=environment,
-                        path=path,
-                        line=document.line_for(when_path),
-                    )
-                )
-            except RuleFileError as exc:
-                rule_problems.append(exc)
-        if template_exists is not None and not template_exists(spec.template):
-            rule_problems.append(
-                RuleFileError(
-                    path,
-                    document.line_for((*prefix, "template")),
-                    f"template '{spec.template}' does not exist",
-                    f"create templates/{spec.template}/ or fix the name",
-                )
-            )
+        conditions, rule_problems = compile_conditions(
+            spec.when, (*prefix, "when"), document=document, path=path, environment=environment
+        )
+        steps, step_problems = compile_steps(
+            spec,
+            prefix,
+            document=document,
+            path=path,
+            environment=environment,
+            template_exists=template_exists,
+        )
+        exit_conditions, exit_problems = compile_conditions(
+            spec.exit_when,
+            (*prefix, "exit_when"),
+            document=document,
+            path=path,
+            environment=environment,
+        )
+        rule_problems += step_problems + exit_problems
         problems += rule_problems
         if not rule_problems:
             rules.append(
@@ -216,8 +217,11 @@ def _load_file(
                     description=spec.description,
                     enabled=spec.enabled,
                     trigger=_trigger(spec),
-                    conditions=tuple(conditions),
-                    template=spec.template,
+                    conditions=conditions,
+                    steps=steps,
+                    exit_conditions=exit_conditions,
+                    cancel_on=frozenset(spec.cancel_on or ()),
+                    dedupe_window=spec.dedupe_window,
                     purpose=spec.purpose,
                     channel=spec.channel,
                     source_path=path,
@@ -266,30 +270,17 @@ def _validate(
         return valid, problems
 
 
-def _when_entries(
-    prefix: NodePath, document: YamlDocument, spec: RuleSpec
-) -> Iterator[tuple[NodePath, str]]:
-    """Yield each ``when`` expression with its path (the item, or the key for a single string)."""
-    if spec.when is None:
-        return
-    single = isinstance(_get(document.data, (*prefix, "when")), str)
-    for index, source in enumerate(spec.when):
-        yield ((*prefix, "when") if single else (*prefix, "when", index)), source
-
-
 def _trigger(spec: RuleSpec) -> Trigger:
     trigger = spec.trigger
     if trigger.event is not None:
         return EventTrigger(event=trigger.event)
     if trigger.identify is not None:
         return IdentifyTrigger(first=trigger.identify.first)
+    if trigger.idle_for is not None:
+        idle = trigger.idle_for
+        activity = frozenset(idle.activity) if idle.activity is not None else CART_ACTIVITY_EVENTS
+        return IdleTrigger(entity=idle.entity, after=idle.after, activity=activity)
     assert trigger.order_status is not None  # TriggerSpec guarantees exactly one
     status = trigger.order_status
     from_ = frozenset(status.from_) if status.from_ is not None else None
     return OrderStatusTrigger(to=frozenset(status.to), from_=from_)
-
-
-def _get(data: Any, path: NodePath) -> Any:
-    for part in path:
-        data = data[part]
-    return data

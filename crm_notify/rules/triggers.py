@@ -1,8 +1,14 @@
-"""What starts a rule: a track event, an order status change, or an identify call."""
+"""What starts a rule: a track event, an order status change, an identify call, or idleness."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
+
+#: The track events that count as cart activity for ``idle_for`` when a rule lists none.
+CART_ACTIVITY_EVENTS = frozenset(
+    {"Product Added", "Product Removed", "Cart Viewed", "Checkout Started"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,5 +47,18 @@ class IdentifyTrigger:
     first: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class IdleTrigger:
+    """An entity (``"cart"``) had none of the ``activity`` track events for ``after``.
+
+    The trigger time is the moment the idle period ends: the last activity plus ``after``
+    (elapsed time). Each ``activity`` event restarts the period.
+    """
+
+    entity: str
+    after: timedelta
+    activity: frozenset[str] = CART_ACTIVITY_EVENTS
+
+
 #: Any trigger a rule can have.
-Trigger = EventTrigger | OrderStatusTrigger | IdentifyTrigger
+Trigger = EventTrigger | OrderStatusTrigger | IdentifyTrigger | IdleTrigger

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from crm_notify.rules import (
     EventTrigger,
     IdentifyTrigger,
+    IdleTrigger,
     OrderStatusTrigger,
     Purpose,
     Rule,
@@ -17,12 +19,15 @@ from crm_notify.rules import (
 )
 
 
-def make_rule(name: str, trigger: Trigger, *, enabled: bool = True) -> Rule:
+def make_rule(
+    name: str, trigger: Trigger, *, enabled: bool = True, cancel_on: frozenset[str] = frozenset()
+) -> Rule:
     return Rule(
         name=name,
         enabled=enabled,
         trigger=trigger,
         template=name,
+        cancel_on=cancel_on,
         purpose=Purpose.TRANSACTIONAL,
         source_path=Path("rules.yaml"),
         source_line=1,
@@ -129,3 +134,54 @@ def test_order_status_trigger_matches() -> None:
     assert not trigger.matches("pending", "shipped")
     assert not trigger.matches(None, "shipped")
     assert not statuses({"shipped"}).matches("shipped", "shipped")
+
+
+def idle(*activity: str) -> IdleTrigger:
+    return IdleTrigger(entity="cart", after=timedelta(hours=48), activity=frozenset(activity))
+
+
+@pytest.fixture
+def timed_set() -> RuleSet:
+    completed = frozenset({"Order Completed"})
+    return RuleSet(
+        [
+            make_rule("cart", idle("Product Added", "Cart Viewed"), cancel_on=completed),
+            make_rule("cart-off", idle("Product Added"), enabled=False, cancel_on=completed),
+            make_rule("checkout", idle("Checkout Started", "Product Added")),
+            make_rule("review", EventTrigger("Order Shipped"), cancel_on=frozenset({"Refunded"})),
+            make_rule("viewed", EventTrigger("Cart Viewed"), cancel_on=completed),
+        ]
+    )
+
+
+def test_for_idle_returns_enabled_idle_rules_by_activity(timed_set: RuleSet) -> None:
+    # Given idle rules on different activity, one disabled, and an event rule on Cart Viewed
+    # When looking up an activity event, then only enabled idle rules counting it come back
+    assert names(timed_set.for_idle("Product Added")) == ["cart", "checkout"]
+    assert names(timed_set.for_idle("Cart Viewed")) == ["cart"]
+    assert names(timed_set.for_idle("Checkout Started")) == ["checkout"]
+    assert timed_set.for_idle("Order Completed") == ()
+    assert timed_set.for_idle("product added") == ()
+
+    # And idle rules are not event rules
+    assert names(timed_set.for_event("Cart Viewed")) == ["viewed"]
+    assert timed_set.for_event("Product Added") == ()
+
+
+def test_cancelled_by_returns_enabled_rules_listing_the_event(timed_set: RuleSet) -> None:
+    # Given rules with cancel_on, one disabled; when looking up a cancelling event
+    # Then the enabled rules listing it come back, in load order, whatever their trigger
+    assert names(timed_set.cancelled_by("Order Completed")) == ["cart", "viewed"]
+    assert names(timed_set.cancelled_by("Refunded")) == ["review"]
+    assert timed_set.cancelled_by("Product Added") == ()
+
+
+def test_idle_trigger_defaults_to_cart_activity() -> None:
+    # Given an idle trigger built without activity; then it counts the cart events
+    trigger = IdleTrigger(entity="cart", after=timedelta(hours=1))
+    assert trigger.activity == {
+        "Product Added",
+        "Product Removed",
+        "Cart Viewed",
+        "Checkout Started",
+    }

@@ -250,8 +250,9 @@ def test_trigger_needs_exactly_one_kind(write_rule: WriteRule, trigger: str, fou
     # When it is loaded, then the error is at the trigger line
     error = load_error(path)
     assert error.line == 3
-    assert f"needs exactly one of 'order_status', 'event', 'identify' (found {found})" in (
-        error.message
+    assert (
+        f"needs exactly one of 'order_status', 'event', 'identify', 'idle_for' (found {found})"
+        in error.message
     )
 
 
@@ -479,11 +480,12 @@ def test_json_schema_describes_both_forms() -> None:
     assert refs == ["#/$defs/RuleSpec", "#/$defs/RulesFileSpec"]
     rule = schema["$defs"]["RuleSpec"]
     assert rule["additionalProperties"] is False
-    assert set(rule["required"]) == {"name", "trigger", "template", "purpose"}
+    assert set(rule["required"]) == {"name", "trigger", "purpose"}
+    assert rule["oneOf"] == [{"required": ["template"]}, {"required": ["steps"]}]
     assert rule["properties"]["purpose"]["$ref"] == "#/$defs/Purpose"
     assert schema["$defs"]["Purpose"]["enum"] == ["transactional", "marketing"]
     trigger = schema["$defs"]["TriggerSpec"]
-    assert set(trigger["properties"]) == {"order_status", "event", "identify"}
+    assert set(trigger["properties"]) == {"order_status", "event", "identify", "idle_for"}
     assert (trigger["minProperties"], trigger["maxProperties"]) == (1, 1)
     assert set(schema["$defs"]["OrderStatusSpec"]["properties"]) == {"to", "from"}
     assert schema["$defs"]["RulesFileSpec"]["properties"]["rules"]["items"] == {
@@ -506,10 +508,20 @@ def test_json_schema_fits_the_samples(sample: Path) -> None:
     assert len(data["trigger"]) == 1
     [(kind, value)] = data["trigger"].items()
     assert kind in trigger["properties"]
-    if kind in ("order_status", "identify"):
-        spec = definitions["OrderStatusSpec" if kind == "order_status" else "IdentifySpec"]
+    specs = {
+        "order_status": "OrderStatusSpec",
+        "identify": "IdentifySpec",
+        "idle_for": "IdleForSpec",
+    }
+    if kind in specs:
+        spec = definitions[specs[kind]]
         assert set(value) <= set(spec["properties"])
         assert set(spec.get("required", ())) <= set(value)
+    step = definitions["StepSpec"]
+    for item in data.get("steps", ()):
+        assert set(item) <= set(step["properties"])
+        assert set(step["required"]) <= set(item)
+    assert ("template" in data) != ("steps" in data)
     assert data["purpose"] in definitions["Purpose"]["enum"]
 
 

@@ -1,0 +1,200 @@
+"""A validated ``RuleSpec`` -> the compiled parts of a ``Rule``: its conditions and its steps.
+
+The checks here span several keys, so the schema cannot make them: ``steps`` against the
+single-message keys, step order and names, send windows. Each problem is reported at the line of
+the key it is about.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+from crm_notify.errors import RuleFileError
+from crm_notify.render.sandbox import BoundedSandboxEnvironment
+from crm_notify.rules._validation_errors import dotted
+from crm_notify.rules.conditions import Condition, compile_condition
+from crm_notify.rules.durations import format_duration
+from crm_notify.rules.model import SINGLE_STEP_KEYS, RuleSpec, Step, StepSpec
+from crm_notify.rules.yaml_source import NodePath, YamlDocument
+
+TemplateExists = Callable[[str], bool]
+
+
+def compile_conditions(
+    sources: list[str] | None,
+    key: NodePath,
+    *,
+    document: YamlDocument,
+    path: Path,
+    environment: BoundedSandboxEnvironment,
+) -> tuple[tuple[Condition, ...], list[RuleFileError]]:
+    """Compile a ``when``-style value: each expression at its own line.
+
+    Parameters:
+        sources: the expressions (a single string was validated to a list of one), or ``None``.
+        key: the path of the key holding them (``when``, ``exit_when``, ``steps[i].when``).
+        document: the file's data and line map.
+        path: the rule file.
+        environment: the sandbox to compile in.
+
+    Returns:
+        The conditions compiled, and the problems (when there are any, the conditions are
+        incomplete).
+    """
+    conditions: list[Condition] = []
+    problems: list[RuleFileError] = []
+    for index, source in enumerate(sources or ()):
+        # A list item has its own line; a single string falls back to the key's line.
+        line = document.line_for((*key, index))
+        try:
+            conditions.append(
+                compile_condition(source, environment=environment, path=path, line=line)
+            )
+        except RuleFileError as exc:
+            problems.append(exc)
+    return tuple(conditions), problems
+
+
+def compile_steps(
+    spec: RuleSpec,
+    prefix: NodePath,
+    *,
+    document: YamlDocument,
+    path: Path,
+    environment: BoundedSandboxEnvironment,
+    template_exists: TemplateExists | None,
+) -> tuple[tuple[Step, ...], list[RuleFileError]]:
+    """Build a rule's steps: its ``steps:``, or one step from ``template`` and the rule's timing.
+
+    Parameters:
+        spec: the validated rule.
+        prefix: the rule's path in the document (``()`` or ``("rules", i)``).
+        document: the file's data and line map.
+        path: the rule file.
+        environment: the sandbox to compile step conditions in.
+        template_exists: when given, called with each step's template.
+
+    Returns:
+        The steps, and the problems (when there are any, the steps are incomplete).
+    """
+    problems: list[RuleFileError] = []
+    drafts: list[tuple[NodePath, StepSpec]]
+    if spec.steps is None:
+        if spec.template is None:
+            where = f" in '{dotted(prefix)}'" if prefix else ""
+            problems.append(
+                RuleFileError(
+                    path,
+                    document.line_for(prefix),
+                    f"missing required key 'template'{where}",
+                    "or list the messages to send under 'steps:'",
+                )
+            )
+            return (), problems
+        single = StepSpec.model_construct(
+            delay=spec.delay or timedelta(0),
+            template=spec.template,
+            not_before=spec.not_before,
+            not_after=spec.not_after,
+        )
+        drafts = [(prefix, single)]
+    else:
+        for key in SINGLE_STEP_KEYS:
+            if getattr(spec, key) is not None:
+                problems.append(
+                    RuleFileError(
+                        path,
+                        document.line_for((*prefix, key)),
+                        f"'{dotted((*prefix, key))}' cannot be used with 'steps'",
+                        f"set '{key}' on each step instead",
+                    )
+                )
+        drafts = [((*prefix, "steps", index), step) for index, step in enumerate(spec.steps)]
+    steps: list[Step] = []
+    named: dict[str, NodePath] = {}
+    for index, (base, draft) in enumerate(drafts):
+        name = draft.name or f"step-{index + 1}"
+        previous = drafts[index - 1][1].delay if index else None
+        problems += _step_problems(draft, name, base, previous, named, document, path)
+        named.setdefault(name, base)
+        conditions, condition_problems = compile_conditions(
+            draft.when, (*base, "when"), document=document, path=path, environment=environment
+        )
+        problems += condition_problems
+        if template_exists is not None and not template_exists(draft.template):
+            problems.append(
+                RuleFileError(
+                    path,
+                    document.line_for((*base, "template")),
+                    f"template '{draft.template}' does not exist",
+                    f"create templates/{draft.template}/ or fix the name",
+                )
+            )
+        steps.append(
+            Step(
+                index=index,
+                name=name,
+                delay=draft.delay,
+                template=draft.template,
+                conditions=conditions,
+                not_before=draft.not_before,
+                not_after=draft.not_after,
+            )
+        )
+    return tuple(steps), problems
+
+
+def _step_problems(
+    draft: StepSpec,
+    name: str,
+    base: NodePath,
+    previous: timedelta | None,
+    named: dict[str, NodePath],
+    document: YamlDocument,
+    path: Path,
+) -> list[RuleFileError]:
+    """Check one step's name, its delay against the previous step's, and its send window."""
+    problems = []
+    if name in named:
+        problems.append(
+            RuleFileError(
+                path,
+                document.line_for((*base, "name")),
+                f"step name '{name}' is already used by '{dotted(named[name])}'",
+                "step names must be unique within a rule (unnamed steps are step-1, step-2...)",
+            )
+        )
+    if previous is not None and draft.delay < previous:
+        problems.append(
+            RuleFileError(
+                path,
+                document.line_for(base),
+                f"step '{name}' has delay {format_duration(draft.delay)}, less than the "
+                f"previous step's {format_duration(previous)}",
+                "delays count from the trigger time, so list steps by increasing delay",
+            )
+        )
+    not_before, not_after = draft.not_before, draft.not_after
+    if not_after is not None and not_after <= draft.delay:
+        problems.append(
+            RuleFileError(
+                path,
+                document.line_for((*base, "not_after")),
+                f"'{dotted((*base, 'not_after'))}' ({format_duration(not_after)}) must be more "
+                f"than the delay ({format_duration(draft.delay)})",
+                "both count from the trigger time",
+            )
+        )
+    if not_before is not None and not_after is not None and not_before > not_after:
+        problems.append(
+            RuleFileError(
+                path,
+                document.line_for((*base, "not_before")),
+                f"'{dotted((*base, 'not_before'))}' ({format_duration(not_before)}) is later "
+                f"than 'not_after' ({format_duration(not_after)})",
+                "the message could never be sent",
+            )
+        )
+    return problems
