@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -189,6 +190,35 @@ def serve(ctx: _Context, host: str | None, port: int | None, migrate: bool) -> N
     mode = "Redis broker" if settings.redis_url else "embedded broker (in-process delivery)"
     click.echo(f"crm-notify listening on http://{bind_host}:{bind_port} with {mode}", err=True)
     uvicorn.run(app, host=bind_host, port=bind_port, log_level="warning", access_log=False)
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Fire what is due now, then exit.")
+@pass_ctx
+def scheduler(ctx: _Context, once: bool) -> None:
+    """Run a standalone scheduler that fires due timers (delays, idle carts, sequences).
+
+    `crm-notify serve` runs one already; run this too (or instead, with serve on several
+    hosts) where workers deliver from Redis. Several may run against PostgreSQL: each due
+    timer fires once.
+    """
+    import signal
+
+    runtime = _runtime(ctx)
+    try:
+        if once:
+            fired = runtime.scheduler.run_once()
+            click.echo(f"fired {fired} timers")
+            return
+        signal.signal(signal.SIGTERM, lambda *_: runtime.scheduler.stop())
+        click.echo(
+            f"scheduler running every {ctx.settings.scheduler_interval:g}s; Ctrl-C stops it",
+            err=True,
+        )
+        with contextlib.suppress(KeyboardInterrupt):
+            runtime.scheduler.run_forever()
+    finally:
+        runtime.close()
 
 
 @main.command()

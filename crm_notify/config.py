@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     relay_interval_s: float = Field(
         5.0, gt=0, description="Seconds between passes re-enqueuing notifications left pending."
     )
+    scheduler_interval: float = Field(
+        5.0, gt=0, le=3600, description="Seconds between scheduler passes over due timers."
+    )
     sending_lease_s: float = Field(
         600.0, gt=0, description="Seconds after which a send that never finished is retried."
     )

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from pydantic_core import PydanticUndefined
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, create_engine
+from sqlmodel import Session, SQLModel, create_engine
 
 from crm_notify.clock import as_utc
 
@@ -52,6 +56,44 @@ def import_models() -> None:
     from crm_notify.contacts import models as _contacts  # noqa: F401
     from crm_notify.events import models as _events  # noqa: F401
     from crm_notify.outbox import models as _outbox  # noqa: F401
+    from crm_notify.timers import models as _timers  # noqa: F401
+
+
+#: Seconds SQLite waits for the write lock (its busy timeout), and threads of one process for
+#: their turn before they try anyway.
+SQLITE_BUSY_TIMEOUT_S = 30
+
+
+def _sqlite_connection_class(writer: threading.Lock) -> type[sqlite3.Connection]:
+    """A ``sqlite3.Connection`` that hands ``writer`` back once its transaction has ended."""
+
+    class _Connection(sqlite3.Connection):
+        holds_writer = False
+
+        def _release_writer(self) -> None:
+            if self.holds_writer:
+                self.holds_writer = False
+                writer.release()
+
+        def commit(self) -> None:
+            try:
+                super().commit()
+            finally:
+                self._release_writer()
+
+        def rollback(self) -> None:
+            try:
+                super().rollback()
+            finally:
+                self._release_writer()
+
+        def close(self) -> None:
+            try:
+                super().close()
+            finally:
+                self._release_writer()
+
+    return _Connection
 
 
 def make_engine(database_url: str, *, pool_size: int = 10) -> Engine:
@@ -60,15 +102,23 @@ def make_engine(database_url: str, *, pool_size: int = 10) -> Engine:
     Statement parameters are never put into error messages or logs: they hold personal data.
 
     SQLite gets WAL journaling, a busy timeout and enforced foreign keys; its parent folder is
-    created when missing, so the embedded default needs no set-up.
+    created when missing, so the embedded default needs no set-up. Every SQLite transaction
+    takes the write lock at its start (``BEGIN IMMEDIATE``); the threads of one process queue
+    for it on a lock, handed over as each transaction ends, instead of polling the file with
+    the busy handler's growing sleeps (other processes still meet the busy timeout).
     """
     if database_url.startswith("sqlite"):
         path = sa.engine.make_url(database_url).database
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+        writer = threading.Lock()
         engine = create_engine(
             database_url,
-            connect_args={"check_same_thread": False, "timeout": 30},
+            connect_args={
+                "check_same_thread": False,
+                "timeout": SQLITE_BUSY_TIMEOUT_S,
+                "factory": _sqlite_connection_class(writer),
+            },
             hide_parameters=True,
         )
 
@@ -78,14 +128,22 @@ def make_engine(database_url: str, *, pool_size: int = 10) -> Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
             cursor.close()
             # Let SQLAlchemy issue BEGIN itself, so "BEGIN IMMEDIATE" can take the write lock.
             dbapi_connection.isolation_level = None
 
         @sa.event.listens_for(engine, "begin")
         def _sqlite_begin(connection: Any) -> None:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            # After the timeout, go ahead without the lock: SQLite still serialises writers.
+            held = writer.acquire(timeout=SQLITE_BUSY_TIMEOUT_S)
+            try:
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            except BaseException:
+                if held:
+                    writer.release()
+                raise
+            connection.connection.dbapi_connection.holds_writer = held
 
         return engine
     return create_engine(
@@ -95,6 +153,61 @@ def make_engine(database_url: str, *, pool_size: int = 10) -> Engine:
         pool_pre_ping=True,
         hide_parameters=True,
     )
+
+
+@functools.cache
+def _field_defaults(model: type[SQLModel]) -> tuple[tuple[str, Any, Callable[[], Any] | None], ...]:
+    """(field, default, default factory) of each field of ``model`` that has a default, except
+    an auto-incremented primary key."""
+    primary = {column.name for column in sa.inspect(model).primary_key}
+    found = []
+    for name, info in model.model_fields.items():
+        if name in primary:
+            continue
+        factory: Any = info.default_factory
+        if factory is None and info.default is PydanticUndefined:
+            continue
+        found.append((name, info.default, factory))
+    return tuple(found)
+
+
+def new_row(model: type[SQLModel], values: dict[str, Any]) -> dict[str, Any]:
+    """The column values of a new ``model`` row as its constructor would set them: ``values``,
+    plus every other field's default. For :func:`insert_rows`, which skips building ORM
+    objects for append-only rows."""
+    row = {
+        name: factory() if factory is not None else default
+        for name, default, factory in _field_defaults(model)
+        if name not in values
+    }
+    row.update(values)
+    return row
+
+
+def insert_rows(
+    session: Session,
+    model: type[SQLModel],
+    rows: Sequence[dict[str, Any]],
+    *,
+    key: str | None = None,
+) -> dict[Any, int]:
+    """Insert ``rows`` (made by :func:`new_row`) in the session's transaction, as few
+    multi-row ``INSERT`` statements.
+
+    Parameters:
+        key: a unique column; when given, the new ids are returned by its value.
+
+    Returns:
+        ``{row[key]: id}`` with ``key``, else an empty dict.
+    """
+    if not rows:
+        return {}
+    table = sa.inspect(model).local_table
+    if key is None:
+        session.execute(sa.insert(table), list(rows))
+        return {}
+    result = session.execute(sa.insert(table).returning(table.c.id, table.c[key]), list(rows))
+    return {row_key: row_id for row_id, row_key in result}
 
 
 @contextmanager

@@ -4,6 +4,11 @@ One call of :meth:`Intake.ingest` is one transaction: every call of a batch is v
 then events, state, decisions and outbox rows are written together, or nothing is. Only after
 the commit are the new notification ids handed to the broker (the transactional outbox); a
 crash in between leaves them ``pending`` for the relay.
+
+Within the transaction, the contacts, orders and carts a batch names are loaded with one query
+each; the calls are then applied in order, each decision taken on the state as of its call;
+events, decisions and notifications are inserted together at the end (a few multi-row
+statements instead of several round trips per call).
 """
 
 from __future__ import annotations
@@ -24,11 +29,22 @@ from crm_notify.commerce.state import (
     apply_cart_event,
     apply_order_event,
     cart_data,
+    cart_key,
+    forget_state,
     order_data,
+    order_key,
+    preload_state,
 )
 from crm_notify.contacts.models import Contact
-from crm_notify.contacts.repository import contact_data, find_contact, upsert_contact
-from crm_notify.db import session_scope
+from crm_notify.contacts.repository import (
+    contact_data,
+    find_contact,
+    forget_contacts,
+    preload_contacts,
+    upsert_contact,
+)
+from crm_notify.db import insert_rows, new_row, session_scope
+from crm_notify.decisions import recently_sent
 from crm_notify.errors import ConditionError, EventValidationError
 from crm_notify.events.emails import normalise_email
 from crm_notify.events.models import Event
@@ -37,8 +53,13 @@ from crm_notify.guards.policy import SendPolicy
 from crm_notify.outbox import repository
 from crm_notify.outbox.models import DecisionOutcome, Notification
 from crm_notify.render.mime import FORBIDDEN_IN_HEADERS
+from crm_notify.rules.durations import format_duration
 from crm_notify.rules.engine import RuleSet
 from crm_notify.rules.model import Rule
+from crm_notify.rules.triggers import IdleTrigger, OrderStatusTrigger
+from crm_notify.timers import repository as timer_repository
+from crm_notify.timers.firing import idle_key_base, schedule_step, step_due_at
+from crm_notify.timers.models import Timer
 
 logger = logging.getLogger(__name__)
 
@@ -79,10 +100,41 @@ def event_data(call: SegmentCall) -> dict[str, Any]:
 
 
 @dataclass
+class _Batch:
+    """What one transaction accumulates while its calls are applied in order."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    #: Timers of delayed event-triggered rules, inserted once their event has an id.
+    timers: list[Timer] = field(default_factory=list)
+    #: Dedupe keys of sends decided earlier in this batch, per rule.
+    dedupe_keys: set[tuple[str, str]] = field(default_factory=set)
+
+
+@dataclass
 class _Matched:
     rule: Rule
     order: Order | None
     cart: Cart | None
+
+
+#: The reason recorded with a ``send`` decision.
+SEND_REASON = "rule matched"
+
+
+@dataclass
+class _Verdict:
+    """A decision taken on the state as of its call, written once the events have ids.
+
+    ``notification`` is set for a send (``reason`` is then :data:`SEND_REASON`); otherwise
+    ``reason`` says why the rule was skipped.
+    """
+
+    rule: str
+    event: dict[str, Any]
+    contact_id: int | None
+    reason: str
+    notification: dict[str, Any] | None = None
+    outcome: DecisionOutcome | None = None
 
 
 class Intake:
@@ -178,19 +230,50 @@ class Intake:
                 )
             ).all()
         )
+        fresh: list[int] = []
         for index, call in enumerate(calls):
             if call.message_id in seen:
                 result.duplicates += 1
                 continue
             seen.add(call.message_id)
-            result.accepted += 1
-            try:
-                self._apply_one(session, call, emails.get(index), source, received, result)
-            except EventValidationError as exc:
-                if len(calls) == 1:
-                    raise
-                raise EventValidationError(f"batch[{index}].{exc.field}", exc.message) from exc
+            fresh.append(index)
+        self._preload(session, [calls[index] for index in fresh], emails)
+        try:
+            batch = _Batch()
+            verdicts: list[_Verdict] = []
+            for index in fresh:
+                result.accepted += 1
+                try:
+                    verdicts += self._apply_one(
+                        session, calls[index], emails.get(index), source, received, batch
+                    )
+                except EventValidationError as exc:
+                    if len(calls) == 1:
+                        raise
+                    raise EventValidationError(f"batch[{index}].{exc.field}", exc.message) from exc
+            self._write(session, batch, verdicts, result)
+        finally:
+            forget_contacts(session)
+            forget_state(session)
         return result
+
+    @staticmethod
+    def _preload(
+        session: Session, calls: Sequence[SegmentCall], emails: dict[int, str | None]
+    ) -> None:
+        """Load the contacts, orders and carts ``calls`` name, one query per table."""
+        preload_contacts(
+            session,
+            user_ids=[c.user_id for c in calls if c.user_id],
+            anonymous_ids=[c.anonymous_id for c in calls if c.anonymous_id],
+            emails=[e for e in emails.values() if e],
+        )
+        tracks = [(c.event, c.properties) for c in calls if c.type == "track" and c.event]
+        preload_state(
+            session,
+            order_ids=[key for e, p in tracks if (key := order_key(e, p)) is not None],
+            cart_ids=[key for e, p in tracks if (key := cart_key(e, p)) is not None],
+        )
 
     def _apply_one(
         self,
@@ -199,8 +282,9 @@ class Intake:
         email: str | None,
         source: str,
         received: datetime,
-        result: IngestResult,
-    ) -> None:
+        batch: _Batch,
+    ) -> list[_Verdict]:
+        """Apply one call; add its event row to the batch; return the decisions it led to."""
         created = False
         contact: Contact | None
         if call.type == "identify":
@@ -216,25 +300,24 @@ class Intake:
             contact = find_contact(
                 session=session, user_id=call.user_id, anonymous_id=call.anonymous_id
             )
-        event = Event(
-            message_id=call.message_id,
-            type=call.type,
-            name=call.event or call.name,
-            user_id=call.user_id,
-            anonymous_id=call.anonymous_id,
-            contact_id=contact.id if contact else None,
-            source=source,
-            timestamp=call.timestamp,
-            payload=call.raw,
+        event = new_row(
+            Event,
+            {
+                "message_id": call.message_id,
+                "type": call.type,
+                "name": call.event or call.name,
+                "user_id": call.user_id,
+                "anonymous_id": call.anonymous_id,
+                "contact_id": contact.id if contact else None,
+                "source": source,
+                "timestamp": call.timestamp,
+                "payload": call.raw,
+            },
         )
-        session.add(event)
+        batch.events.append(event)
         state_time = min(call.timestamp, received + MAX_CLOCK_SKEW)
-        matched = self._match(session, call, contact, created, state_time)
-        if not matched:
-            return
-        session.flush()
-        for match in matched:
-            self._decide(session, call, event, contact, match, result)
+        matched = self._match(session, call, contact, created, state_time, batch, event)
+        return [self._decide(session, call, event, contact, match, batch) for match in matched]
 
     def _match(
         self,
@@ -243,12 +326,15 @@ class Intake:
         contact: Contact | None,
         created: bool,
         state_time: datetime,
+        batch: _Batch,
+        event: dict[str, Any],
     ) -> list[_Matched]:
         contact_id = contact.id if contact else None
         if call.type == "identify":
             return [_Matched(r, None, None) for r in self.rules.for_identify(created)]
         if call.type != "track" or not call.event:
             return []
+        self._cancel(session, call, contact_id, batch)
         order_change = apply_order_event(
             session=session,
             event_name=call.event,
@@ -263,6 +349,8 @@ class Intake:
             timestamp=state_time,
             contact_id=contact_id,
         )
+        if cart is not None and cart.last_activity_at == state_time:
+            self._restart_idle(session, call.event, cart, contact_id, event)
         order = order_change.order if order_change else None
         matched = [_Matched(r, order, cart) for r in self.rules.for_event(call.event)]
         if order_change is not None and order_change.status_changed:
@@ -275,27 +363,80 @@ class Intake:
             ]
         return matched
 
+    def _cancel(
+        self, session: Session, call: SegmentCall, contact_id: int | None, batch: _Batch
+    ) -> None:
+        """Cancel pending steps of rules whose ``cancel_on`` names this event: of the cart the
+        event names, or else of the contact."""
+        assert call.event is not None
+        rules = [rule.name for rule in self.rules.cancelled_by(call.event)]
+        if not rules:
+            return
+        reason = f"cancelled by {call.event} ({call.message_id})"
+        cart_id = call.properties.get("cart_id")
+        if isinstance(cart_id, (str, int)) and not isinstance(cart_id, bool):
+            # The event names its cart: only that cart's steps stop.
+            timer_repository.cancel_pending(
+                session=session,
+                rules=rules,
+                reason=reason,
+                entity_type="cart",
+                entity_id=str(cart_id),
+            )
+        elif contact_id is not None:
+            timer_repository.cancel_pending(
+                session=session, rules=rules, reason=reason, contact_id=contact_id
+            )
+        batch.timers = [
+            t
+            for t in batch.timers
+            if not (t.rule in rules and contact_id is not None and t.contact_id == contact_id)
+        ]
+
+    def _restart_idle(
+        self,
+        session: Session,
+        event_name: str,
+        cart: Cart,
+        contact_id: int | None,
+        event: dict[str, Any],
+    ) -> None:
+        """New cart activity: supersede the idle timers of this cart and start new ones."""
+        for rule in self.rules.for_idle(event_name):
+            assert isinstance(rule.trigger, IdleTrigger)
+            timer_repository.cancel_pending(
+                session=session,
+                rules=[rule.name],
+                reason="newer cart activity",
+                entity_type="cart",
+                entity_id=cart.cart_id,
+            )
+            schedule_step(
+                session,
+                rule=rule,
+                step_index=0,
+                key_base=idle_key_base(rule, cart.cart_id, cart.last_activity_at),
+                trigger_at=cart.last_activity_at + rule.trigger.after,
+                contact_id=contact_id or cart.contact_id,
+                event_id=None,
+                entity_type="cart",
+                entity_id=cart.cart_id,
+            )
+
     def _decide(
         self,
         session: Session,
         call: SegmentCall,
-        event: Event,
+        event: dict[str, Any],
         contact: Contact | None,
         match: _Matched,
-        result: IngestResult,
-    ) -> None:
+        batch: _Batch,
+    ) -> _Verdict:
         rule = match.rule
         contact_id = contact.id if contact else None
 
-        def skip(reason: str) -> None:
-            repository.record_decision(
-                session=session,
-                rule=rule.name,
-                outcome=DecisionOutcome.SKIP,
-                reason=reason,
-                event_id=event.id,
-                contact_id=contact_id,
-            )
+        def skip(reason: str) -> _Verdict:
+            return _Verdict(rule.name, event, contact_id, reason)
 
         context: dict[str, Any] = {
             "event": event_data(call),
@@ -307,32 +448,88 @@ class Intake:
             try:
                 holds = condition.evaluate(context)
             except ConditionError as exc:
-                skip(f"condition failed: {condition.source}: {exc}")
-                return
+                return skip(f"condition failed: {condition.source}: {exc}")
             if not holds:
-                skip(f"condition not met: {condition.source}")
-                return
+                return skip(f"condition not met: {condition.source}")
+        if rule.is_timed:
+            # Guards are checked when the step is due: consent may change meanwhile.
+            timer = Timer(
+                key=f"{rule.name}:{call.message_id}:0",
+                rule=rule.name,
+                step=0,
+                contact_id=contact_id,
+                trigger_at=call.timestamp,
+                due_at=step_due_at(rule, 0, call.timestamp),
+            )
+            batch.timers.append(timer)
+            return _Verdict(
+                rule.name,
+                event,
+                contact_id,
+                f"scheduled {rule.steps[0].name} for {timer.due_at:%Y-%m-%d %H:%M} UTC",
+                outcome=DecisionOutcome.DEFER,
+            )
         if contact is None or not contact.email:
-            skip("no email address known for this contact")
-            return
-        verdict = self._policy.check(rule=rule, contact=contact)
-        if verdict is not None:
-            skip(verdict)
-            return
-        notification = Notification(
-            idempotency_key=f"{rule.name}:{call.message_id}",
-            rule=rule.name,
-            template=rule.template,
-            purpose=str(rule.purpose),
-            channel=rule.channel,
-            contact_id=contact.id,
-            event_id=event.id,
-            to_address=contact.email,
-            language=contact.language,
-            context=context,
+            return skip("no email address known for this contact")
+        refusal = self._policy.check(rule=rule, contact=contact)
+        if refusal is not None:
+            return skip(refusal)
+        dedupe_key = None
+        if isinstance(rule.trigger, OrderStatusTrigger) and match.order is not None:
+            dedupe_key = f"order:{match.order.order_id}:{match.order.status}"
+            earlier = recently_sent(
+                session, rule=rule, dedupe_key=dedupe_key, window=rule.dedupe_window
+            )
+            if earlier is not None or (rule.name, dedupe_key) in batch.dedupe_keys:
+                return skip(
+                    f"already sent for {dedupe_key} within the dedupe window "
+                    f"({format_duration(rule.dedupe_window)})"
+                )
+            batch.dedupe_keys.add((rule.name, dedupe_key))
+        notification = new_row(
+            Notification,
+            {
+                "idempotency_key": f"{rule.name}:{call.message_id}",
+                "dedupe_key": dedupe_key,
+                "rule": rule.name,
+                "template": rule.template,
+                "purpose": str(rule.purpose),
+                "channel": rule.channel,
+                "contact_id": contact.id,
+                "to_address": contact.email,
+                "language": contact.language,
+                "context": context,
+            },
         )
-        if repository.create_notification(
-            session=session, notification=notification, reason="rule matched"
-        ):
-            assert notification.id is not None
-            result.notification_ids.append(notification.id)
+        return _Verdict(rule.name, event, contact_id, SEND_REASON, notification)
+
+    @staticmethod
+    def _write(
+        session: Session,
+        batch: _Batch,
+        verdicts: list[_Verdict],
+        result: IngestResult,
+    ) -> None:
+        """Insert the batch's events, then its timers, decisions and notifications."""
+        session.flush()  # contacts, orders, carts and timers changed by the batch
+        event_ids = insert_rows(session, Event, batch.events, key="message_id")
+        for timer in batch.timers:
+            message_id = timer.key.split(":", 1)[1].rsplit(":", 1)[0]
+            timer.event_id = event_ids.get(message_id)
+            timer_repository.schedule_timer(session=session, timer=timer)
+        plans = []
+        for verdict in verdicts:
+            event_id = event_ids[verdict.event["message_id"]]
+            if verdict.notification is not None:
+                verdict.notification["event_id"] = event_id
+            plans.append(
+                repository.PlannedDecision(
+                    verdict.rule,
+                    event_id,
+                    verdict.contact_id,
+                    verdict.reason,
+                    verdict.notification,
+                    verdict.outcome,
+                )
+            )
+        result.notification_ids += repository.write_decisions(session=session, decisions=plans)

@@ -20,6 +20,8 @@ from crm_notify.outbox.relay import Relay
 from crm_notify.render.templates import TemplateStore
 from crm_notify.rules.engine import RuleSet
 from crm_notify.rules.loader import load_rules
+from crm_notify.timers.firing import TimerFiring
+from crm_notify.timers.scheduler import Scheduler
 from crm_notify.worker.actors import Actors, declare_actors
 from crm_notify.worker.broker import build_broker
 
@@ -40,6 +42,7 @@ class Runtime:
     intake: Intake = field(init=False)
     delivery: DeliveryService = field(init=False)
     relay: Relay = field(init=False)
+    scheduler: Scheduler = field(init=False)
     _worker: dramatiq.Worker | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -53,6 +56,12 @@ class Runtime:
         )
         self.actors = declare_actors(self.broker, deliver=self.delivery.deliver)
         self.intake = Intake(engine=self.engine, rules=self.rules, enqueue=self.enqueue)
+        self.scheduler = Scheduler(
+            engine=self.engine,
+            fire=TimerFiring(rules=self.rules),
+            enqueue=self.enqueue,
+            interval_s=self.settings.scheduler_interval,
+        )
         self.relay = Relay(
             engine=self.engine,
             enqueue=self.enqueue,
@@ -96,8 +105,9 @@ class Runtime:
         with session_scope(self.engine) as session:
             repository.mark_queued(session=session, notification_ids=notification_ids)
 
-    def start_background(self) -> None:
-        """Start the relay, and with the in-process broker also the delivery threads.
+    def start_background(self, *, scheduler: bool = True) -> None:
+        """Start the relay and the scheduler, and with the in-process broker also the delivery
+        threads.
 
         With the in-process broker, every unfinished notification is requeued first: the
         previous process's in-memory queue is gone.
@@ -111,9 +121,12 @@ class Runtime:
             if requeued:
                 logger.info("requeued %d unfinished notifications at start-up", requeued)
         self.relay.start()
+        if scheduler:
+            self.scheduler.start()
 
     def close(self) -> None:
         """Stop background threads and release connections."""
+        self.scheduler.stop()
         self.relay.stop()
         if self._worker is not None:
             self._worker.stop(timeout=30_000)

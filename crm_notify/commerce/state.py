@@ -1,6 +1,8 @@
 """Keeping order and cart state from Segment ecommerce events.
 
-Rows are read ``FOR UPDATE`` so concurrent events for one order or cart apply in turn.
+Rows are read ``FOR UPDATE`` so concurrent events for one order or cart apply in turn. Intake
+locks and loads every order and cart a batch names with one query each (:func:`preload_state`);
+the events then find them in memory. Changes are written at the transaction's next flush.
 Orders are keyed by ``properties.order_id`` on every event whose name starts with ``Order``.
 The status is ``properties.status`` when given, otherwise implied by the event name
 (:data:`IMPLIED_ORDER_STATUS`). Carts are keyed by ``properties.cart_id``. State changes only
@@ -11,11 +13,12 @@ cannot roll an order back.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from crm_notify.commerce.models import Cart, Order
 
@@ -30,6 +33,9 @@ IMPLIED_ORDER_STATUS: dict[str, str] = {
 CART_EVENTS = frozenset(
     {"Product Added", "Product Removed", "Cart Viewed", "Checkout Started", "Order Completed"}
 )
+
+#: ``Session.info`` keys of the per-transaction caches filled by :func:`preload_state`.
+_ORDERS, _CARTS = "crm_notify.orders", "crm_notify.carts"
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,62 @@ def _as_number(value: Any) -> float | None:
     return None
 
 
+def order_key(event_name: str, properties: dict[str, Any]) -> str | None:
+    """The ``order_id`` an event updates; ``None`` when it is not an ``Order ...`` event or
+    names no order."""
+    if not event_name.startswith("Order "):
+        return None
+    return _as_str(properties.get("order_id"))
+
+
+def cart_key(event_name: str, properties: dict[str, Any]) -> str | None:
+    """The ``cart_id`` a cart event (see :data:`CART_EVENTS`) updates, or ``None``."""
+    if event_name not in CART_EVENTS:
+        return None
+    return _as_str(properties.get("cart_id"))
+
+
+def preload_state(session: Session, *, order_ids: Iterable[str], cart_ids: Iterable[str]) -> None:
+    """Lock and load the orders and carts a batch names, with one query per table.
+
+    :func:`apply_order_event` and :func:`apply_cart_event` then take these rows, and the ones
+    they create, from memory instead of one ``SELECT ... FOR UPDATE`` each. Rows are locked in
+    key order, so two batches naming the same orders wait for each other rather than deadlock.
+    The cache lives until :func:`forget_state` (call it before the transaction ends).
+    """
+    for name, model, attribute, keys in (
+        (_ORDERS, Order, "order_id", set(order_ids)),
+        (_CARTS, Cart, "cart_id", set(cart_ids)),
+    ):
+        cache: dict[str, Any] = dict.fromkeys(keys)
+        if keys:
+            column = col(getattr(model, attribute))
+            query = select(model).where(column.in_(sorted(keys))).order_by(column)
+            for row in session.exec(query.with_for_update()):
+                cache[getattr(row, attribute)] = row
+        session.info[name] = cache
+
+
+def forget_state(session: Session) -> None:
+    """Drop the caches of :func:`preload_state`."""
+    session.info.pop(_ORDERS, None)
+    session.info.pop(_CARTS, None)
+
+
+def _locked_row(session: Session, cache_name: str, model: Any, column: Any, key: str) -> Any:
+    """The row with ``column == key`` from the preloaded cache, else read ``FOR UPDATE``."""
+    cache = session.info.get(cache_name)
+    if cache is not None and key in cache:
+        return cache[key]
+    return session.exec(select(model).where(column == key).with_for_update()).first()
+
+
+def _remember(session: Session, cache_name: str, key: str, row: Any) -> None:
+    cache = session.info.get(cache_name)
+    if cache is not None:
+        cache[key] = row
+
+
 def apply_order_event(
     *,
     session: Session,
@@ -83,18 +145,17 @@ def apply_order_event(
     contact_id: int | None,
 ) -> OrderChange | None:
     """Apply an ``Order ...`` track event to its order; ``None`` when it names no order."""
-    if not event_name.startswith("Order "):
-        return None
-    order_id = _as_str(properties.get("order_id"))
+    order_id = order_key(event_name, properties)
     if order_id is None:
         return None
     status = _as_str(properties.get("status"))
     status = status.lower() if status else IMPLIED_ORDER_STATUS.get(event_name)
     # Lock the row: concurrent events for one order must apply one after the other, or two
     # "shipped" updates could both see the old status and both notify (PostgreSQL).
-    order = session.exec(select(Order).where(Order.order_id == order_id).with_for_update()).first()
+    order: Order | None = _locked_row(session, _ORDERS, Order, Order.order_id, order_id)
     if order is None:
         order = Order(order_id=order_id, contact_id=contact_id, created_at=timestamp)
+        _remember(session, _ORDERS, order_id, order)
         old_status = None
     else:
         old_status = order.status
@@ -116,7 +177,6 @@ def apply_order_event(
     order.properties = merged
     order.updated_at = timestamp
     session.add(order)
-    session.flush()
     return OrderChange(order, old_status, order.status, applied=True)
 
 
@@ -129,14 +189,13 @@ def apply_cart_event(
     contact_id: int | None,
 ) -> Cart | None:
     """Apply a cart event (see :data:`CART_EVENTS`) to its cart; ``None`` when none is named."""
-    if event_name not in CART_EVENTS:
-        return None
-    cart_id = _as_str(properties.get("cart_id"))
+    cart_id = cart_key(event_name, properties)
     if cart_id is None:
         return None
-    cart = session.exec(select(Cart).where(Cart.cart_id == cart_id).with_for_update()).first()
+    cart: Cart | None = _locked_row(session, _CARTS, Cart, Cart.cart_id, cart_id)
     if cart is None:
         cart = Cart(cart_id=cart_id, contact_id=contact_id, last_activity_at=timestamp)
+        _remember(session, _CARTS, cart_id, cart)
     elif timestamp < cart.last_activity_at:
         return cart
     products = list(cart.products or [])
@@ -162,7 +221,6 @@ def apply_cart_event(
         cart.contact_id = contact_id
     cart.last_activity_at = timestamp
     session.add(cart)
-    session.flush()
     return cart
 
 

@@ -1,10 +1,16 @@
-"""Finding and updating contacts from Segment calls."""
+"""Finding and updating contacts from Segment calls.
+
+Intake loads every contact a batch names with one query (:func:`preload_contacts`); lookups by
+those ``userId``s, ``anonymousId``s and addresses are then answered from a per-transaction
+:class:`ContactIndex` that follows every change made here. Other lookups query the database.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, or_, select
 
 from crm_notify.clock import now
 from crm_notify.contacts.models import Contact
@@ -13,6 +19,91 @@ from crm_notify.errors import EventValidationError
 #: Trait names read into the contact's own columns (the rest stay in ``traits``).
 LANGUAGE_TRAITS = ("language", "locale")
 TIMEZONE_TRAITS = ("timezone", "time_zone", "timeZone")
+
+#: ``Session.info`` key of the transaction's :class:`ContactIndex`.
+_INDEX = "crm_notify.contacts"
+#: The indexed columns.
+_KEYS = ("user_id", "anonymous_id", "email")
+
+
+class ContactIndex:
+    """The contacts of one transaction by ``user_id``, ``anonymous_id`` and ``email``.
+
+    It knows every contact whose value for a preloaded key is that key: the preload reads them
+    all, and :meth:`update` re-files a contact after each change made in this module (changes
+    only set keys of the batch, or clear them). ``anonymous_id`` is not unique: a key that
+    several contacts share is left to the database, as are keys never preloaded.
+    """
+
+    def __init__(self, keys: dict[str, set[str]], contacts: Iterable[Contact]) -> None:
+        self._keys = keys
+        self._found: dict[str, dict[str, list[Contact]]] = {name: {} for name in _KEYS}
+        # id(contact) -> (contact, its filed values); holding the contact keeps its id unique.
+        self._filed: dict[int, tuple[Contact, tuple[Any, ...]]] = {}
+        for contact in contacts:
+            self.update(contact)
+
+    def get(self, name: str, value: str) -> tuple[bool, Contact | None]:
+        """Whether the index can tell, and the only contact with ``name == value`` (or
+        ``None``). It cannot tell for a key never preloaded or shared by several contacts."""
+        if value not in self._keys[name]:
+            return False, None
+        found = self._found[name].get(value, [])
+        if len(found) > 1:
+            return False, None
+        return True, (found[0] if found else None)
+
+    def update(self, contact: Contact) -> None:
+        """File ``contact`` under its current values (after a change, or when loaded)."""
+        now_filed = tuple(getattr(contact, name) for name in _KEYS)
+        before = self._filed.get(id(contact), (contact, (None,) * len(_KEYS)))[1]
+        for name, old, new in zip(_KEYS, before, now_filed, strict=True):
+            if old == new:
+                continue
+            if old is not None and old in self._found[name]:
+                self._found[name][old] = [c for c in self._found[name][old] if c is not contact]
+            if new is not None and new in self._keys[name]:
+                self._found[name].setdefault(new, []).append(contact)
+        self._filed[id(contact)] = (contact, now_filed)
+
+
+def preload_contacts(
+    session: Session,
+    *,
+    user_ids: Iterable[str],
+    anonymous_ids: Iterable[str],
+    emails: Iterable[str],
+) -> None:
+    """Load every contact with one of these ids or addresses (one query) and index them for
+    the rest of the transaction; :func:`forget_contacts` drops the index."""
+    keys = {"user_id": set(user_ids), "anonymous_id": set(anonymous_ids), "email": set(emails)}
+    conditions = [
+        col(getattr(Contact, name)).in_(sorted(values)) for name, values in keys.items() if values
+    ]
+    rows = session.exec(select(Contact).where(or_(*conditions))).all() if conditions else []
+    session.info[_INDEX] = ContactIndex(keys, rows)
+
+
+def forget_contacts(session: Session) -> None:
+    """Drop the index of :func:`preload_contacts`."""
+    session.info.pop(_INDEX, None)
+
+
+def _lookup(session: Session, name: str, value: str) -> Contact | None:
+    """The (first) contact with ``name == value``, from the index when it can tell."""
+    index: ContactIndex | None = session.info.get(_INDEX)
+    if index is not None:
+        known, found = index.get(name, value)
+        if known:
+            return found
+    column = getattr(Contact, name)
+    return session.exec(select(Contact).where(column == value)).first()
+
+
+def _refile(session: Session, contact: Contact) -> None:
+    index: ContactIndex | None = session.info.get(_INDEX)
+    if index is not None:
+        index.update(contact)
 
 
 def find_contact(
@@ -25,11 +116,11 @@ def find_contact(
     a contact (and each other's mail).
     """
     if user_id:
-        contact = session.exec(select(Contact).where(Contact.user_id == user_id)).first()
+        contact = _lookup(session, "user_id", user_id)
         if contact is not None:
             return contact
     if anonymous_id:
-        contact = session.exec(select(Contact).where(Contact.anonymous_id == anonymous_id)).first()
+        contact = _lookup(session, "anonymous_id", anonymous_id)
         if contact is not None and (not user_id or contact.user_id in (None, user_id)):
             return contact
     return None
@@ -75,12 +166,13 @@ def upsert_contact(
     """
     contact = find_contact(session=session, user_id=user_id, anonymous_id=anonymous_id)
     if email is not None:
-        owner = session.exec(select(Contact).where(Contact.email == email)).first()
+        owner = _lookup(session, "email", email)
         if owner is not None and (contact is None or owner.id != contact.id):
             contact = _claim_email(session, owner=owner, contact=contact, user_id=user_id)
     created = contact is None
     if contact is None:
         contact = Contact()
+    unique_before = (contact.user_id, contact.email)
     if user_id and not contact.user_id:
         contact.user_id = user_id
     if anonymous_id and not contact.anonymous_id:
@@ -101,7 +193,12 @@ def upsert_contact(
         contact.country = country[:64]
     contact.updated_at = now()
     session.add(contact)
-    session.flush()
+    # A new contact needs its id now; a changed unique column is written at once, in call
+    # order, so a later change in this batch cannot collide with the old value. Other updates
+    # wait for the next flush.
+    if created or (contact.user_id, contact.email) != unique_before:
+        session.flush()
+    _refile(session, contact)
     return contact, created
 
 
@@ -120,6 +217,7 @@ def _claim_email(
         owner.email = None
         session.add(owner)
         session.flush()
+        _refile(session, owner)
         return contact
     raise EventValidationError(
         "traits.email", "this address already belongs to another contact (another userId)"
@@ -133,6 +231,7 @@ def ensure_contact(*, session: Session, user_id: str | None, anonymous_id: str |
         contact = Contact(user_id=user_id or None, anonymous_id=anonymous_id)
         session.add(contact)
         session.flush()
+        _refile(session, contact)
     return contact
 
 

@@ -7,6 +7,8 @@ subclass fills :meth:`EspAdapter._deliver` and, when it holds connections, :meth
 
 from __future__ import annotations
 
+import email
+import email.policy
 from dataclasses import dataclass
 from email.message import EmailMessage
 
@@ -52,6 +54,21 @@ class EspAdapter:
         except OSError as exc:
             raise EspTransientError(self.name, f"network error: {exc}") from exc
         return SendResult(esp=self.name, provider_message_id=provider_id)
+
+    def send_text(self, text: str) -> SendResult:
+        """Deliver a message stored as text (``Notification.message``, SMTP line endings).
+
+        The default parses it and calls :meth:`send`. An adapter may override this to hand
+        the text over more directly, provided the provider receives exactly what :meth:`send`
+        would have sent.
+
+        Raises:
+            EspTransientError: the provider may accept it later.
+            EspPermanentError: the provider will never accept it.
+        """
+        message = email.message_from_string(text, policy=email.policy.SMTP)
+        assert isinstance(message, EmailMessage)
+        return self.send(message)
 
     def _deliver(self, message: EmailMessage) -> str | None:
         """Hand ``message`` to the provider and return its message id (if it gives one)."""

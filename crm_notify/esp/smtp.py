@@ -1,19 +1,82 @@
-"""The SMTP adapter: STARTTLS or implicit TLS, authentication, one reused connection per thread."""
+"""The SMTP adapter: STARTTLS or implicit TLS, authentication, one reused connection per thread.
+
+A stored message is sent as stored when that is byte for byte what ``smtplib``'s
+``send_message`` would send after parsing it (:func:`verbatim_envelope` checks this
+conservatively); otherwise it is parsed and sent with ``send_message``, as any message is.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import email.parser
+import email.policy
+import email.utils
+import re
 import smtplib
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
+from typing import Any
 
-from crm_notify.errors import EspPermanentError, EspTransientError
-from crm_notify.esp.base import EspAdapter
+from crm_notify.errors import EspError, EspPermanentError, EspTransientError
+from crm_notify.esp.base import EspAdapter, SendResult
 
 #: Seconds to wait for the SMTP server on connect and on each command.
 DEFAULT_TIMEOUT_S = 30.0
+
+#: Longest line ``email``'s generator re-emits unchanged (``policy.max_line_length``).
+MAX_VERBATIM_LINE = 78
+#: A header's first line as the generator re-emits it: ``Name: value``, one space.
+_HEADER_LINE = re.compile(r"[!-9;-~]+: \S")
+#: Characters ``str.splitlines`` breaks on besides CR and LF (a header would be re-joined).
+_OTHER_LINE_BREAKS = frozenset("\x0b\x0c\x1c\x1d\x1e")
+
+
+def verbatim_envelope(text: str) -> tuple[str, list[str]] | None:
+    """The envelope (sender, recipients) ``smtplib.SMTP.send_message`` would use for the
+    parsed ``text``, when it would also send exactly ``text`` as ASCII; else ``None``.
+
+    ``send_message`` re-emits a parsed message line for line when the text is ASCII with
+    CRLF line endings, no line is longer than :data:`MAX_VERBATIM_LINE`, every header starts
+    ``Name: value``, parts are not nested, and there is no ``Bcc`` (removed when sending) and
+    no ``Resent-`` block. Messages built by :func:`crm_notify.render.mime.build_message` are
+    like that unless they carry non-ASCII text, which is then sent the long way.
+    """
+    crlf = text.count("\r\n")
+    if not text.isascii() or text.count("\n") != crlf or text.count("\r") != crlf:
+        return None
+    if not _OTHER_LINE_BREAKS.isdisjoint(text):
+        return None
+    message = email.parser.Parser(policy=email.policy.SMTP).parsestr(text, headersonly=True)
+    delimiter = None
+    if message.get_content_maintype() == "multipart":
+        delimiter = f"--{message.get_boundary()}"
+    in_headers, top = True, True
+    for line in text.split("\r\n"):
+        if len(line) > MAX_VERBATIM_LINE:
+            return None
+        if in_headers:
+            if line == "":
+                in_headers = top = False
+            elif line[:1] not in (" ", "\t"):
+                if not _HEADER_LINE.match(line):
+                    return None
+                if not top and line.lower().startswith("content-type: multipart"):
+                    return None
+        elif line == delimiter:
+            in_headers = True
+    if any(name in message for name in ("Resent-Date", "Bcc", "Resent-Bcc")):
+        return None
+    # As send_message computes them:
+    sender = message["Sender"] if "Sender" in message else message["From"]
+    from_addr = email.utils.getaddresses([sender])[0][1]
+    fields = [f for f in (message["To"], message["Bcc"], message["Cc"]) if f is not None]
+    to_addrs = [address for _name, address in email.utils.getaddresses(fields)]
+    if not to_addrs:
+        return None
+    return from_addr, to_addrs
 
 
 @dataclass(frozen=True)
@@ -97,13 +160,33 @@ class SmtpAdapter(EspAdapter):
             with contextlib.suppress(OSError):
                 client.close()
 
+    def send_text(self, text: str) -> SendResult:
+        """Send a stored message as stored when :func:`verbatim_envelope` allows, else parse it
+        and use :meth:`send` (see the module docstring)."""
+        envelope = verbatim_envelope(text)
+        if envelope is None:
+            return super().send_text(text)
+        from_addr, to_addrs = envelope
+        data = text.encode("ascii")
+        try:
+            self._transact(lambda client: client.sendmail(from_addr, to_addrs, data))
+        except EspError:
+            raise
+        except OSError as exc:
+            raise EspTransientError(self.name, f"network error: {exc}") from exc
+        return SendResult(esp=self.name, provider_message_id=None)
+
     def _deliver(self, message: EmailMessage) -> str | None:
+        self._transact(lambda client: client.send_message(message))
+        return None
+
+    def _transact(self, send: Callable[[smtplib.SMTP], dict[str, Any]]) -> None:
         # A reused connection may have been closed by the server while idle: reconnect once.
         # Nothing was accepted when the server is found gone, so the retry cannot duplicate.
         for attempt in (1, 2):
             client = self._connection()
             try:
-                refused = client.send_message(message)
+                refused = send(client)
             except smtplib.SMTPServerDisconnected as exc:
                 self._drop_connection()
                 if attempt == 2:

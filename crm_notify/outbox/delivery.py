@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from email.message import EmailMessage
 from email.utils import parseaddr
 from typing import Any
 
@@ -123,11 +122,9 @@ class DeliveryService:
                     return DeliveryOutcome("failed")
                 session.add(row)
             assert row.message is not None
-            message = email.message_from_string(row.message, policy=email.policy.SMTP)
-            attempts = row.attempts
-        assert isinstance(message, EmailMessage)
+            text, attempts = row.message, row.attempts
         try:
-            result = self._adapter.send(message)
+            result = self._adapter.send_text(text)
         except EspTransientError as exc:
             return self._after_transient(notification_id, attempts, exc)
         except EspPermanentError as exc:

@@ -45,14 +45,18 @@ class Notification(SQLModel, table=True):
     """One decided send.
 
     ``idempotency_key`` (rule and event) is unique, so a duplicate event or a replayed decision
-    cannot create a second row. ``context`` is the plain data the template renders with, as it
-    was when the decision was taken; ``message`` is the exact MIME message, kept once rendered so
-    a retry sends the same bytes with the same Message-ID.
+    cannot create a second row. ``dedupe_key`` (e.g. ``order:A1:shipped``) lets a rule skip a
+    send that repeats one within its dedupe window. ``context`` is the plain data the template
+    renders with, as it was when the decision was taken; ``message`` is the exact MIME message,
+    kept once rendered so a retry sends the same bytes with the same Message-ID.
     """
 
     id: int | None = Field(default=None, primary_key=True)
     idempotency_key: str = Field(max_length=512, unique=True)
     rule: str = Field(max_length=255, index=True)
+    dedupe_key: str | None = Field(default=None, max_length=512, index=True)
+    step: int = 0
+    timer_id: int | None = Field(default=None, foreign_key="timer.id")
     template: str = Field(max_length=255)
     purpose: str = Field(max_length=64)
     channel: str = Field(default="email", max_length=32)

@@ -8,6 +8,7 @@ that was already sent does nothing.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,6 +16,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from crm_notify.clock import now
+from crm_notify.db import insert_rows, new_row
 from crm_notify.outbox.models import (
     CLAIMABLE,
     Decision,
@@ -48,6 +50,86 @@ def record_decision(
     return decision
 
 
+@dataclass
+class PlannedDecision:
+    """A decision taken at ingest, for :func:`write_decisions`.
+
+    ``notification`` holds the column values of the notification a send creates (made with
+    :func:`crm_notify.db.new_row`); it is ``None`` for a skip, and ``reason`` says why.
+    """
+
+    rule: str
+    event_id: int | None
+    contact_id: int | None
+    reason: str
+    notification: dict[str, Any] | None = None
+    outcome: DecisionOutcome | None = None
+
+
+def write_decisions(*, session: Session, decisions: Sequence[PlannedDecision]) -> list[int]:
+    """Insert a batch's decisions, and for its sends the notifications and their ``pending``
+    entries, in call order, as a few multi-row statements.
+
+    ``outcome`` overrides the outcome implied by ``notification`` (``defer`` for a step that
+    was scheduled). A send whose idempotency key already has a notification writes nothing, as
+    :func:`create_notification` does.
+
+    Returns:
+        The ids of the new notifications, in order.
+    """
+    sends = [d.notification for d in decisions if d.notification is not None]
+    taken = existing_idempotency_keys(session=session, keys=[n["idempotency_key"] for n in sends])
+    written: list[PlannedDecision] = []
+    for decision in decisions:
+        if decision.notification is not None:
+            key = decision.notification["idempotency_key"]
+            if key in taken:
+                continue
+            taken.add(key)
+        written.append(decision)
+    ids = insert_rows(
+        session,
+        Notification,
+        [d.notification for d in written if d.notification is not None],
+        key="idempotency_key",
+    )
+    created: list[int] = []
+    changes: list[dict[str, Any]] = []
+    log: list[dict[str, Any]] = []
+    for decision in written:
+        notification_id = None
+        if decision.notification is not None:
+            notification_id = ids[decision.notification["idempotency_key"]]
+            created.append(notification_id)
+            changes.append(
+                new_row(
+                    NotificationStatusChange,
+                    {
+                        "notification_id": notification_id,
+                        "status": NotificationStatus.PENDING,
+                        "detail": decision.reason,
+                    },
+                )
+            )
+        log.append(
+            new_row(
+                Decision,
+                {
+                    "rule": decision.rule,
+                    "outcome": decision.outcome
+                    or (DecisionOutcome.SKIP if notification_id is None else DecisionOutcome.SEND),
+                    "reason": decision.reason,
+                    "event_id": decision.event_id,
+                    "contact_id": decision.contact_id,
+                    "notification_id": notification_id,
+                },
+            )
+        )
+    insert_rows(session, NotificationStatusChange, changes)
+    insert_rows(session, Decision, log)
+    return created
+
+
 def create_notification(*, session: Session, notification: Notification, reason: str) -> bool:
     """Insert ``notification`` with its ``send`` decision, unless its idempotency key exists.
 
@@ -55,13 +137,27 @@ def create_notification(*, session: Session, notification: Notification, reason:
         ``True`` when inserted; ``False`` when a notification with the same key already exists
         (nothing is written then).
     """
-    exists = session.exec(
-        select(Notification.id).where(Notification.idempotency_key == notification.idempotency_key)
-    ).first()
-    if exists is not None:
+    if existing_idempotency_keys(session=session, keys=[notification.idempotency_key]):
         return False
     session.add(notification)
     session.flush()
+    record_send(session=session, notification=notification, reason=reason)
+    return True
+
+
+def existing_idempotency_keys(*, session: Session, keys: Sequence[str]) -> set[str]:
+    """Those of ``keys`` that a notification already has (one query for a whole batch)."""
+    if not keys:
+        return set()
+    query = select(Notification.idempotency_key).where(
+        col(Notification.idempotency_key).in_(list(keys))
+    )
+    return set(session.exec(query).all())
+
+
+def record_send(*, session: Session, notification: Notification, reason: str) -> None:
+    """Add the ``pending`` status entry and the ``send`` decision of a just-inserted
+    ``notification`` (it must have its id: flush first)."""
     assert notification.id is not None
     session.add(
         NotificationStatusChange(
@@ -77,7 +173,40 @@ def create_notification(*, session: Session, notification: Notification, reason:
         contact_id=notification.contact_id,
         notification_id=notification.id,
     )
-    return True
+
+
+def _status_update(
+    notification_id: int,
+    *,
+    from_statuses: Sequence[NotificationStatus],
+    to_status: NotificationStatus,
+    moment: datetime,
+    values: dict[str, Any] | None = None,
+    extra_where: Any = None,
+) -> Any:
+    """The conditional ``UPDATE`` moving one notification from ``from_statuses`` to
+    ``to_status``."""
+    stmt = (
+        sa.update(Notification)
+        .where(col(Notification.id) == notification_id)
+        .where(col(Notification.status).in_([s.value for s in from_statuses]))
+        .values(status=to_status.value, updated_at=moment, **(values or {}))
+    )
+    return stmt if extra_where is None else stmt.where(extra_where)
+
+
+def _record_change(
+    session: Session,
+    notification_id: int,
+    status: NotificationStatus,
+    detail: str | None,
+    moment: datetime,
+) -> None:
+    session.add(
+        NotificationStatusChange(
+            notification_id=notification_id, status=status, detail=detail, at=moment
+        )
+    )
 
 
 def _transition(
@@ -91,27 +220,25 @@ def _transition(
     extra_where: Any = None,
 ) -> bool:
     moment = now()
-    stmt = (
-        sa.update(Notification)
-        .where(col(Notification.id) == notification_id)
-        .where(col(Notification.status).in_([s.value for s in from_statuses]))
-        .values(status=to_status.value, updated_at=moment, **(values or {}))
+    stmt = _status_update(
+        notification_id,
+        from_statuses=from_statuses,
+        to_status=to_status,
+        moment=moment,
+        values=values,
+        extra_where=extra_where,
     )
-    if extra_where is not None:
-        stmt = stmt.where(extra_where)
     result = session.execute(stmt)
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return False
-    session.add(
-        NotificationStatusChange(
-            notification_id=notification_id, status=to_status, detail=detail, at=moment
-        )
-    )
+    _record_change(session, notification_id, to_status, detail, moment)
     return True
 
 
 def claim_for_delivery(*, session: Session, notification_id: int) -> Notification | None:
     """Claim a notification for one delivery attempt.
+
+    One conditional ``UPDATE ... RETURNING`` both claims the row and reads it.
 
     Returns:
         The claimed row (status ``sending``, attempts incremented), or ``None`` when it is
@@ -121,18 +248,20 @@ def claim_for_delivery(*, session: Session, notification_id: int) -> Notificatio
     due = sa.or_(
         col(Notification.next_attempt_at).is_(None), col(Notification.next_attempt_at) <= moment
     )
-    claimed = _transition(
-        session,
+    stmt = _status_update(
         notification_id,
         from_statuses=CLAIMABLE,
         to_status=NotificationStatus.SENDING,
-        detail=None,
+        moment=moment,
         values={"attempts": Notification.attempts + 1},
         extra_where=due,
     )
-    if not claimed:
+    query = stmt.returning(Notification).execution_options(populate_existing=True)
+    row: Notification | None = session.execute(query).scalars().first()
+    if row is None:
         return None
-    return session.get(Notification, notification_id, populate_existing=True)
+    _record_change(session, notification_id, NotificationStatus.SENDING, None, moment)
+    return row
 
 
 def mark_sent(

@@ -1,0 +1,59 @@
+"""Durable timers: every delayed or idle-triggered step of a rule is a row here until it fires."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from crm_notify.clock import now
+from crm_notify.db import utc_column
+
+
+class TimerStatus(enum.StrEnum):
+    """Where a timer is in its life.
+
+    ``pending`` until due; then ``fired`` (a send was decided), ``skipped`` (a condition or
+    guard said no, recorded in the decision log), ``dropped`` (its send window closed), or
+    ``cancelled`` (a ``cancel_on`` event, an exit condition, or newer activity superseded it).
+    """
+
+    PENDING = "pending"
+    FIRED = "fired"
+    SKIPPED = "skipped"
+    DROPPED = "dropped"
+    CANCELLED = "cancelled"
+
+
+class Timer(SQLModel, table=True):
+    """One scheduled step of one rule for one contact (and entity, such as a cart).
+
+    ``key`` is unique: scheduling the same step for the same trigger twice is a no-op.
+    ``trigger_at`` is the rule's trigger time (an event's own timestamp, or the end of an idle
+    period); ``due_at`` is when the step is due. The index on (status, due_at) lets a scheduler
+    pass find due timers without reading the others.
+    """
+
+    __table_args__ = (
+        sa.Index("ix_timer_status_due_at", "status", "due_at"),
+        sa.Index("ix_timer_rule_entity", "rule", "entity_type", "entity_id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=767, unique=True)
+    rule: str = Field(max_length=255)
+    step: int = 0
+    contact_id: int | None = Field(default=None, foreign_key="contact.id", index=True)
+    entity_type: str | None = Field(default=None, max_length=16)
+    entity_id: str | None = Field(default=None, max_length=255)
+    event_id: int | None = Field(default=None, foreign_key="event.id")
+    status: TimerStatus = Field(
+        default=TimerStatus.PENDING, sa_column=sa.Column(sa.String(16), nullable=False)
+    )
+    trigger_at: datetime = Field(sa_column=utc_column())
+    due_at: datetime = Field(sa_column=utc_column())
+    reason: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    created_at: datetime = Field(default_factory=now, sa_column=utc_column())
+    updated_at: datetime = Field(default_factory=now, sa_column=utc_column())

@@ -1,0 +1,120 @@
+"""The scheduler: claims due timers and fires them, each exactly once.
+
+A pass claims a batch of due timers and fires each inside the same transaction that marks it
+done, so a crash mid-fire rolls back and the timer fires again on a later pass; the send it
+decides is an outbox row in that transaction too, so it is never sent twice. Several
+schedulers may run against PostgreSQL (rows are claimed ``FOR UPDATE SKIP LOCKED``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from crm_notify.clock import now
+from crm_notify.db import session_scope
+from crm_notify.timers import repository
+from crm_notify.timers.models import Timer, TimerStatus
+
+logger = logging.getLogger(__name__)
+
+#: Timers claimed and fired per transaction.
+DEFAULT_BATCH_SIZE = 200
+
+#: A fire function: decides what a due timer does, writes it, and returns new notification ids.
+FireTimer = Callable[[Session, Timer], list[int]]
+
+
+class Scheduler:
+    """Fires due timers, in passes every ``interval_s`` seconds.
+
+    Parameters:
+        engine: the database.
+        fire: decides and records what a due timer does (see :data:`FireTimer`); it must set
+            the timer's final status.
+        enqueue: hands the notifications created by a pass to the broker, after the commit.
+        interval_s: seconds between passes.
+        batch_size: timers per transaction.
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        fire: FireTimer,
+        enqueue: Callable[[Sequence[int]], None] | None,
+        interval_s: float,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        self._engine = engine
+        self._fire = fire
+        self._enqueue = enqueue
+        self._interval_s = interval_s
+        self._batch_size = batch_size
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self, *, max_batches: int = 50) -> int:
+        """Fire every timer due now (up to ``max_batches`` batches); return how many fired."""
+        fired = 0
+        for _ in range(max_batches):
+            count, notification_ids = self._run_batch()
+            fired += count
+            if notification_ids and self._enqueue is not None:
+                try:
+                    self._enqueue(notification_ids)
+                except Exception:  # the outbox relay requeues them
+                    logger.exception("enqueue after a scheduler pass failed")
+            if count < self._batch_size:
+                break
+        return fired
+
+    def _run_batch(self) -> tuple[int, list[int]]:
+        notification_ids: list[int] = []
+        with session_scope(self._engine) as session:
+            timers = repository.claim_due(session=session, moment=now(), limit=self._batch_size)
+            for timer in timers:
+                savepoint = session.begin_nested()
+                try:
+                    notification_ids += self._fire(session, timer)
+                    savepoint.commit()
+                except Exception as exc:
+                    # A timer that cannot fire (a bug, bad data) must not block the others or
+                    # be retried forever: it is closed with the error as its reason.
+                    savepoint.rollback()
+                    logger.exception("timer %s could not fire", timer.id)
+                    session.refresh(timer)
+                    repository.finish_timer(
+                        session=session,
+                        timer=timer,
+                        status=TimerStatus.SKIPPED,
+                        reason=f"error while firing: {type(exc).__name__}",
+                    )
+            return len(timers), notification_ids
+
+    def start(self) -> None:
+        """Run passes in a daemon thread until :meth:`stop`."""
+        self._thread = threading.Thread(target=self._loop, name="crm-notify-scheduler", daemon=True)
+        self._thread.start()
+
+    def run_forever(self) -> None:
+        """Run passes in this thread until :meth:`stop` (the standalone scheduler)."""
+        self._loop()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:
+                logger.exception("scheduler pass failed; trying again in %.1fs", self._interval_s)
+            self._stop.wait(self._interval_s)
+
+    def stop(self) -> None:
+        """Stop after the pass in progress."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
