@@ -404,18 +404,20 @@ class Intake:
         """New cart activity: supersede the idle timers of this cart and start new ones."""
         for rule in self.rules.for_idle(event_name):
             assert isinstance(rule.trigger, IdleTrigger)
+            key_base = idle_key_base(rule, cart.cart_id, cart.last_activity_at)
             timer_repository.cancel_pending(
                 session=session,
                 rules=[rule.name],
                 reason="newer cart activity",
                 entity_type="cart",
                 entity_id=cart.cart_id,
+                keep_key=f"{key_base}:0",
             )
             schedule_step(
                 session,
                 rule=rule,
                 step_index=0,
-                key_base=idle_key_base(rule, cart.cart_id, cart.last_activity_at),
+                key_base=key_base,
                 trigger_at=cart.last_activity_at + rule.trigger.after,
                 contact_id=contact_id or cart.contact_id,
                 event_id=None,

@@ -34,8 +34,11 @@ def cancel_pending(
     entity_type: str | None = None,
     entity_id: str | None = None,
     contact_id: int | None = None,
+    keep_key: str | None = None,
 ) -> int:
     """Cancel the pending timers of ``rules`` for one entity, or for one contact.
+
+    ``keep_key`` names a timer to leave alone (the one about to be scheduled again).
 
     Returns:
         How many timers were cancelled.
@@ -49,6 +52,8 @@ def cancel_pending(
         .where(col(Timer.status) == TimerStatus.PENDING.value)
         .values(status=TimerStatus.CANCELLED.value, reason=reason, updated_at=now())
     )
+    if keep_key is not None:
+        stmt = stmt.where(col(Timer.key) != keep_key)
     if entity_id is not None:
         stmt = stmt.where(col(Timer.entity_type) == entity_type, col(Timer.entity_id) == entity_id)
     elif contact_id is not None:

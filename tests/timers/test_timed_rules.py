@@ -332,3 +332,16 @@ def test_two_schedulers_racing_fire_each_timer_once(
     assert errors == []
     carts = [n.context["cart"]["cart_id"] for n in _sent(engine, "cart-reminder")]
     assert sorted(carts) == sorted(f"C{n}" for n in range(40))
+
+
+def test_two_events_with_the_same_timestamp_keep_one_pending_timer(
+    intake: Intake, scheduler: Scheduler, engine: Engine, frozen: FrozenDateTimeFactory
+) -> None:
+    # Given two cart events stamped with the same moment (a client sending twice)
+    _customer(intake)
+    _add_to_cart(intake, at=T0)
+    _send(intake, {"event": "Cart Viewed", "properties": {"cart_id": "C1"}}, at=T0)
+    # When the idle period ends, Then the reminder is still decided, once
+    frozen.tick(timedelta(hours=48, minutes=1))
+    scheduler.run_once()
+    assert len(_sent(engine, "cart-reminder")) == 1
