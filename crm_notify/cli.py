@@ -287,6 +287,71 @@ def rules_lint(ctx: _Context, path: Path | None) -> None:
     _fail(f"{len(problems)} problem(s) found")
 
 
+@rules.command("test")
+@click.argument("path", required=False, type=click.Path(exists=True, path_type=Path))
+@pass_ctx
+def rules_test(ctx: _Context, path: Path | None) -> None:
+    """Run the test cases of rules (default: every *.test.yaml in CRM_NOTIFY_RULES_DIR).
+
+    PATH is a directory, a test file, or a rule file (its <name>.test.yaml runs). Rules load
+    from CRM_NOTIFY_RULES_DIR, or from PATH (or its folder) when that is outside it. Each case
+    runs the real intake and scheduler on a fresh in-memory database with a simulated clock
+    that jumps to each event and due timer. Exit status: 0 all passed, 1 a case failed (the
+    report shows expected vs got), 2 an invalid test or rule file (file:line: reason).
+
+    \b
+    rules/<name>.test.yaml:
+      cases:
+        - name: reminder 48 hours after the last cart activity   # unique in the file
+          contact:                     # optional; identified at `start`, before the events
+            {user_id: u1, email: alice@example.com, traits: {first_name: Alice},
+             consent: [marketing]}     # consent: purposes the contact consented to
+          start: 2026-03-27T12:00:00Z  # optional (default 2026-01-01T12:00:00Z)
+          events:                      # in arrival order; `at` = offset from start
+            - {at: 0h, track: Product Added, properties: {cart_id: C1, product_id: P1}}
+            - {at: 30h, identify: {first_name: Alicia}}   # traits
+            - {at: 30h, call: {type: track, event: Cart Viewed, properties: {cart_id: C1}}}
+            # optional per event: `timestamp: 28h` (when it happened, if before it arrived),
+            # `user_id: u2` (another contact's call)
+          until: 200h                  # optional: run up to here (default last event + 30d)
+          rule: abandoned-cart         # optional: only this rule's notifications count
+          expect:                      # exactly these, in order ([] = none)
+            - {rule: abandoned-cart, template: abandoned_cart, at: 78h}   # at: within 1m
+            - {template: abandoned_cart_reminder}       # rule from `rule:`; any time
+
+    The format is described in full in crm_notify/rules/testing.py.
+    """
+    from crm_notify.render.templates import TemplateStore
+    from crm_notify.rules.loader import load_rules
+    from crm_notify.rules.testing import (
+        exit_status,
+        find_rule_tests,
+        format_results,
+        run_rule_tests,
+    )
+
+    settings = ctx.settings
+    target = path or settings.rules_dir
+    rules_dir = settings.rules_dir
+    if not target.resolve().is_relative_to(rules_dir.resolve()):
+        rules_dir = target if target.is_dir() else target.parent
+    templates = TemplateStore(settings.templates_dir, default_language=settings.default_language)
+    try:
+        ruleset = load_rules(rules_dir, template_exists=templates.exists)
+    except RuleFileError as exc:
+        _fail(f"rules did not load: {exc}", 2)
+    files = find_rule_tests(target)
+    if not files:
+        click.echo(f"no rule tests (*.test.yaml) found for {target}")
+        return
+    results = run_rule_tests(files, rules=ruleset)
+    for line in format_results(results):
+        click.echo(line)
+    status = exit_status(results)
+    if status:
+        sys.exit(status)
+
+
 @rules.command("schema")
 def rules_schema() -> None:
     """Print the JSON Schema of rule files (for editor validation)."""

@@ -29,6 +29,20 @@ from crm_notify.rules.yaml_source import NodePath, YamlDocument, read_yaml_file
 
 #: File name endings read as rule files.
 RULE_FILE_SUFFIXES = frozenset({".yaml", ".yml"})
+#: File name endings of rule test files (``crm-notify rules test``), never loaded as rules.
+RULE_TEST_FILE_SUFFIXES = (".test.yaml", ".test.yml")
+
+
+def is_rule_test_file(path: Path) -> bool:
+    """Return whether ``path`` is named like a rule test file (``<name>.test.yaml``).
+
+    Parameters:
+        path: a file path.
+
+    Returns:
+        ``True`` for ``*.test.yaml`` and ``*.test.yml``.
+    """
+    return path.name.endswith(RULE_TEST_FILE_SUFFIXES)
 
 
 def load_rule_file(
@@ -111,7 +125,8 @@ def lint_rules(path: Path, *, template_exists: TemplateExists | None = None) -> 
 def rule_files(path: Path) -> list[Path]:
     """Return the rule files at ``path``: itself if a file, else its YAML files, recursively.
 
-    Hidden files and directories (a name starting with ``.``) are skipped.
+    Hidden files and directories (a name starting with ``.``) are skipped, and so are rule test
+    files (``*.test.yaml``, ``*.test.yml``; see :mod:`crm_notify.rules.testing`).
 
     Parameters:
         path: a file or directory.
@@ -130,6 +145,7 @@ def rule_files(path: Path) -> list[Path]:
         file
         for file in path.rglob("*")
         if file.suffix in RULE_FILE_SUFFIXES
+        and not is_rule_test_file(file)
         and file.is_file()
         and not any(part.startswith(".") for part in file.relative_to(path).parts)
     )

@@ -74,6 +74,20 @@ class Scheduler:
         return fired
 
     def _run_batch(self) -> tuple[int, list[int]]:
+        # Fast path: the whole batch in one transaction. Should any timer fail, the batch is
+        # rolled back and fired again timer by timer, each in a savepoint.
+        try:
+            with session_scope(self._engine) as session:
+                timers = repository.claim_due(session=session, moment=now(), limit=self._batch_size)
+                notification_ids: list[int] = []
+                for timer in timers:
+                    notification_ids += self._fire(session, timer)
+                return len(timers), notification_ids
+        except Exception:
+            logger.warning("a timer failed to fire; firing the batch one timer at a time")
+        return self._run_batch_isolated()
+
+    def _run_batch_isolated(self) -> tuple[int, list[int]]:
         notification_ids: list[int] = []
         with session_scope(self._engine) as session:
             timers = repository.claim_due(session=session, moment=now(), limit=self._batch_size)

@@ -493,7 +493,7 @@ def test_json_schema_describes_both_forms() -> None:
     }
 
 
-@pytest.mark.parametrize("sample", sorted(SAMPLES.glob("*.yaml")), ids=lambda path: path.name)
+@pytest.mark.parametrize("sample", rule_files(SAMPLES), ids=lambda path: path.name)
 def test_json_schema_fits_the_samples(sample: Path) -> None:
     # Given a sample rule file and the schema (jsonschema is not installed: check structure)
     schema = rule_file_json_schema()

@@ -345,3 +345,28 @@ def test_two_events_with_the_same_timestamp_keep_one_pending_timer(
     frozen.tick(timedelta(hours=48, minutes=1))
     scheduler.run_once()
     assert len(_sent(engine, "cart-reminder")) == 1
+
+
+def test_a_timer_that_cannot_fire_does_not_block_the_others(
+    intake: Intake, engine: Engine, frozen: FrozenDateTimeFactory
+) -> None:
+    # Given three due reminders, one of which raises while firing
+    _customer(intake)
+    for n in range(3):
+        _add_to_cart(intake, cart=f"C{n}")
+    frozen.tick(timedelta(hours=49))
+    real = TimerFiring(rules=intake.rules)
+
+    def fire(session: Session, timer: Timer) -> list[int]:
+        if timer.entity_id == "C1":
+            raise RuntimeError("boom")
+        return real(session, timer)
+
+    # When the scheduler passes
+    Scheduler(engine=engine, fire=fire, enqueue=None, interval_s=1).run_once()
+    # Then the other two fired and the broken one is closed with the error class as its reason
+    carts = sorted(n.context["cart"]["cart_id"] for n in _sent(engine, "cart-reminder"))
+    assert carts == ["C0", "C2"]
+    with Session(engine) as session:
+        broken = session.exec(select(Timer).where(Timer.entity_id == "C1")).one()
+    assert (broken.status, broken.reason) == ("skipped", "error while firing: RuntimeError")
