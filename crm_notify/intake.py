@@ -99,6 +99,21 @@ def event_data(call: SegmentCall) -> dict[str, Any]:
     }
 
 
+def _cart_id(call: SegmentCall) -> str | None:
+    """The cart a call names (``properties.cart_id``), as a string."""
+    value = call.properties.get("cart_id")
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        return str(value)[:255]
+    return None
+
+
+def _order_dedupe_key(rule: Rule, order: Order | None) -> str | None:
+    """``order:<id>:<status>`` for order-status rules: one send per order and status."""
+    if isinstance(rule.trigger, OrderStatusTrigger) and order is not None:
+        return f"order:{order.order_id}:{order.status}"
+    return None
+
+
 @dataclass
 class _Batch:
     """What one transaction accumulates while its calls are applied in order."""
@@ -373,25 +388,35 @@ class Intake:
         if not rules:
             return
         reason = f"cancelled by {call.event} ({call.message_id})"
-        cart_id = call.properties.get("cart_id")
-        if isinstance(cart_id, (str, int)) and not isinstance(cart_id, bool):
-            # The event names its cart: only that cart's steps stop.
+        cart_id = _cart_id(call)
+        if cart_id is not None:
+            # The event names its cart: that cart's steps stop, and the contact's steps that
+            # name no cart.
             timer_repository.cancel_pending(
                 session=session,
                 rules=rules,
                 reason=reason,
                 entity_type="cart",
-                entity_id=str(cart_id),
+                entity_id=cart_id,
             )
-        elif contact_id is not None:
+        if contact_id is not None:
             timer_repository.cancel_pending(
-                session=session, rules=rules, reason=reason, contact_id=contact_id
+                session=session,
+                rules=rules,
+                reason=reason,
+                contact_id=contact_id,
+                only_without_entity=cart_id is not None,
             )
-        batch.timers = [
-            t
-            for t in batch.timers
-            if not (t.rule in rules and contact_id is not None and t.contact_id == contact_id)
-        ]
+
+        def cancelled(timer: Timer) -> bool:
+            if timer.rule not in rules:
+                return False
+            if cart_id is not None and timer.entity_id == cart_id:
+                return True
+            same_contact = contact_id is not None and timer.contact_id == contact_id
+            return same_contact and (cart_id is None or timer.entity_id is None)
+
+        batch.timers = [t for t in batch.timers if not cancelled(t)]
 
     def _restart_idle(
         self,
@@ -455,13 +480,18 @@ class Intake:
                 return skip(f"condition not met: {condition.source}")
         if rule.is_timed:
             # Guards are checked when the step is due: consent may change meanwhile.
+            trigger_at = min(call.timestamp, now() + MAX_CLOCK_SKEW)
+            cart_id = _cart_id(call)
             timer = Timer(
                 key=f"{rule.name}:{call.message_id}:0",
                 rule=rule.name,
                 step=0,
                 contact_id=contact_id,
-                trigger_at=call.timestamp,
-                due_at=step_due_at(rule, 0, call.timestamp),
+                entity_type="cart" if cart_id is not None else None,
+                entity_id=cart_id,
+                dedupe_key=_order_dedupe_key(rule, match.order),
+                trigger_at=trigger_at,
+                due_at=step_due_at(rule, 0, trigger_at),
             )
             batch.timers.append(timer)
             return _Verdict(
@@ -476,12 +506,14 @@ class Intake:
         refusal = self._policy.check(rule=rule, contact=contact)
         if refusal is not None:
             return skip(refusal)
-        dedupe_key = None
-        if isinstance(rule.trigger, OrderStatusTrigger) and match.order is not None:
-            dedupe_key = f"order:{match.order.order_id}:{match.order.status}"
-            earlier = recently_sent(
-                session, rule=rule, dedupe_key=dedupe_key, window=rule.dedupe_window
-            )
+        dedupe_key = _order_dedupe_key(rule, match.order)
+        if dedupe_key is not None:
+            # Notifications are only written at the end of the batch (checked just below), so
+            # nothing pending can change the answer: no need to flush first.
+            with session.no_autoflush:
+                earlier = recently_sent(
+                    session, rule=rule, dedupe_key=dedupe_key, window=rule.dedupe_window
+                )
             if earlier is not None or (rule.name, dedupe_key) in batch.dedupe_keys:
                 return skip(
                     f"already sent for {dedupe_key} within the dedupe window "

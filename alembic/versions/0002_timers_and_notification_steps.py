@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column("entity_type", sa.String(length=16), nullable=True),
         sa.Column("entity_id", sa.String(length=255), nullable=True),
         sa.Column("event_id", sa.Integer(), nullable=True),
+        sa.Column("dedupe_key", sa.String(length=512), nullable=True),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("trigger_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("due_at", sa.DateTime(timezone=True), nullable=False),

@@ -8,8 +8,10 @@ those ``userId``s, ``anonymousId``s and addresses are then answered from a per-t
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
+import sqlalchemy as sa
+from sqlalchemy.orm import make_transient_to_detached
 from sqlmodel import Session, col, or_, select
 
 from crm_notify.clock import now
@@ -192,14 +194,32 @@ def upsert_contact(
     if country:
         contact.country = country[:64]
     contact.updated_at = now()
-    session.add(contact)
     # A new contact needs its id now; a changed unique column is written at once, in call
     # order, so a later change in this batch cannot collide with the old value. Other updates
     # wait for the next flush.
-    if created or (contact.user_id, contact.email) != unique_before:
-        session.flush()
+    if created:
+        _insert_now(session, contact)
+    else:
+        session.add(contact)
+        if (contact.user_id, contact.email) != unique_before:
+            session.flush()
     _refile(session, contact)
     return contact, created
+
+
+def _insert_now(session: Session, contact: Contact) -> None:
+    """Insert a new contact at once and add it to the session as a loaded row.
+
+    Only the contact is written: a flush would also write everything else the batch has
+    pending, a few rows at a time, instead of in multi-row statements at the end.
+    """
+    table = cast(sa.Table, sa.inspect(Contact).local_table)
+    values = {c.name: getattr(contact, c.name) for c in table.columns if c.name != "id"}
+    insert = sa.insert(table).values(values).returning(table.c.id)
+    with session.no_autoflush:  # pending changes never touch the unique columns (see above)
+        contact.id = session.execute(insert).scalar_one()
+    make_transient_to_detached(contact)
+    session.add(contact)
 
 
 def _claim_email(

@@ -109,9 +109,10 @@ class DeliveryService:
             row = repository.claim_for_delivery(session=session, notification_id=notification_id)
             if row is None:
                 return DeliveryOutcome("skipped")
-            if row.message is None:
+            text, attempts = row.message, row.attempts
+            if text is None:
                 try:
-                    self._render_into(row)
+                    rendered = self._render(row)
                 except Exception as exc:  # any failure to build the message is permanent
                     session.expire(row)
                     kind = "render" if isinstance(exc, RenderError) else type(exc).__name__
@@ -120,9 +121,10 @@ class DeliveryService:
                     )
                     logger.warning("notification %s failed to render (%s)", notification_id, kind)
                     return DeliveryOutcome("failed")
-                session.add(row)
-            assert row.message is not None
-            text, attempts = row.message, row.attempts
+                repository.store_message(
+                    session=session, notification_id=notification_id, **rendered
+                )
+                text = rendered["message"]
         try:
             result = self._adapter.send_text(text)
         except EspTransientError as exc:
@@ -165,7 +167,8 @@ class DeliveryService:
                     raise
                 time.sleep(delay_s)
 
-    def _render_into(self, row: Notification) -> None:
+    def _render(self, row: Notification) -> dict[str, str]:
+        """The message of ``row`` and the columns stored with it (see ``store_message``)."""
         rendered = self._templates.render(row.template, row.context, language=row.language)
         message_id = make_message_id(self._domain)
         contact = row.context.get("contact") or {}
@@ -179,10 +182,12 @@ class DeliveryService:
             message_id=message_id,
             extra_headers={"X-CRM-Notify-Id": str(row.id), "X-CRM-Notify-Rule": row.rule},
         )
-        row.message = message.as_string(policy=email.policy.SMTP)
-        row.message_id = message_id
-        row.subject = rendered.subject[:SUBJECT_COLUMN_CHARS]
-        row.language = rendered.language
+        return {
+            "message": message.as_string(policy=email.policy.SMTP),
+            "message_id": message_id,
+            "subject": rendered.subject[:SUBJECT_COLUMN_CHARS],
+            "language": rendered.language,
+        }
 
     def _after_transient(
         self, notification_id: int, attempts: int, exc: EspTransientError

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
@@ -25,6 +25,9 @@ from crm_notify.outbox.models import (
     NotificationStatus,
     NotificationStatusChange,
 )
+
+#: The notification table, for statements that need no ORM bookkeeping.
+_NOTIFICATION = cast(sa.Table, sa.inspect(Notification).local_table)
 
 
 def record_decision(
@@ -183,13 +186,16 @@ def _status_update(
     moment: datetime,
     values: dict[str, Any] | None = None,
     extra_where: Any = None,
+    orm: bool = False,
 ) -> Any:
     """The conditional ``UPDATE`` moving one notification from ``from_statuses`` to
-    ``to_status``."""
+    ``to_status``: on the table (no ORM bookkeeping), or with ``orm`` on the entity (to
+    return rows as objects)."""
+    target: Any = Notification if orm else _NOTIFICATION.c
     stmt = (
-        sa.update(Notification)
-        .where(col(Notification.id) == notification_id)
-        .where(col(Notification.status).in_([s.value for s in from_statuses]))
+        sa.update(Notification if orm else _NOTIFICATION)
+        .where(target.id == notification_id)
+        .where(target.status.in_([s.value for s in from_statuses]))
         .values(status=to_status.value, updated_at=moment, **(values or {}))
     )
     return stmt if extra_where is None else stmt.where(extra_where)
@@ -202,11 +208,8 @@ def _record_change(
     detail: str | None,
     moment: datetime,
 ) -> None:
-    session.add(
-        NotificationStatusChange(
-            notification_id=notification_id, status=status, detail=detail, at=moment
-        )
-    )
+    values = {"notification_id": notification_id, "status": status, "detail": detail, "at": moment}
+    insert_rows(session, NotificationStatusChange, [new_row(NotificationStatusChange, values)])
 
 
 def _transition(
@@ -255,6 +258,7 @@ def claim_for_delivery(*, session: Session, notification_id: int) -> Notificatio
         moment=moment,
         values={"attempts": Notification.attempts + 1},
         extra_where=due,
+        orm=True,
     )
     query = stmt.returning(Notification).execution_options(populate_existing=True)
     row: Notification | None = session.execute(query).scalars().first()
@@ -262,6 +266,23 @@ def claim_for_delivery(*, session: Session, notification_id: int) -> Notificatio
         return None
     _record_change(session, notification_id, NotificationStatus.SENDING, None, moment)
     return row
+
+
+def store_message(
+    *,
+    session: Session,
+    notification_id: int,
+    message: str,
+    message_id: str,
+    subject: str,
+    language: str,
+) -> None:
+    """Keep the rendered message of a claimed notification: every attempt sends it as is."""
+    session.execute(
+        sa.update(_NOTIFICATION)
+        .where(_NOTIFICATION.c.id == notification_id)
+        .values(message=message, message_id=message_id, subject=subject, language=language)
+    )
 
 
 def mark_sent(

@@ -39,6 +39,7 @@ def schedule_step(
     event_id: int | None,
     entity_type: str | None = None,
     entity_id: str | None = None,
+    dedupe_key: str | None = None,
 ) -> Timer | None:
     """Schedule one step (a no-op when that step of that trigger is already scheduled).
 
@@ -53,6 +54,7 @@ def schedule_step(
         entity_type=entity_type,
         entity_id=entity_id,
         event_id=event_id,
+        dedupe_key=dedupe_key,
         trigger_at=trigger_at,
         due_at=step_due_at(rule, step_index, trigger_at),
     )
@@ -104,9 +106,15 @@ class TimerFiring:
             return []
 
         if isinstance(rule.trigger, IdleTrigger) and cart_id is not None:
+            # Newer qualifying activity already cancelled this timer; only a vanished cart is
+            # left to check. An anonymous cart's contact may be known by now.
             cart = session.exec(select(Cart).where(Cart.cart_id == cart_id)).first()
-            if cart is None or cart.last_activity_at + rule.trigger.after > timer.trigger_at:
-                return record(TimerStatus.CANCELLED, "newer cart activity")
+            if cart is None:
+                return record(TimerStatus.CANCELLED, "cart no longer exists")
+            if contact is None and cart.contact_id is not None:
+                contact = session.get(Contact, cart.contact_id)
+                contact_id = cart.contact_id
+                context = current_context(session, event=event, contact=contact, cart_id=cart_id)
         exit_reason = holding_exit(rule, context)
         if exit_reason is not None:
             return record(TimerStatus.CANCELLED, exit_reason)
@@ -136,6 +144,7 @@ class TimerFiring:
             event_id=timer.event_id,
             idempotency_key=f"timer:{timer.id}",
             policy=self._policy,
+            dedupe_key=timer.dedupe_key,
             timer_id=timer.id,
         )
         if notification_id is None:
@@ -164,4 +173,5 @@ class TimerFiring:
             event_id=timer.event_id,
             entity_type=timer.entity_type,
             entity_id=timer.entity_id,
+            dedupe_key=timer.dedupe_key,
         )

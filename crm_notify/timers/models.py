@@ -49,6 +49,7 @@ class Timer(SQLModel, table=True):
     entity_type: str | None = Field(default=None, max_length=16)
     entity_id: str | None = Field(default=None, max_length=255)
     event_id: int | None = Field(default=None, foreign_key="event.id")
+    dedupe_key: str | None = Field(default=None, max_length=512)
     status: TimerStatus = Field(
         default=TimerStatus.PENDING, sa_column=sa.Column(sa.String(16), nullable=False)
     )

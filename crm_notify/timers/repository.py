@@ -35,10 +35,12 @@ def cancel_pending(
     entity_id: str | None = None,
     contact_id: int | None = None,
     keep_key: str | None = None,
+    only_without_entity: bool = False,
 ) -> int:
     """Cancel the pending timers of ``rules`` for one entity, or for one contact.
 
-    ``keep_key`` names a timer to leave alone (the one about to be scheduled again).
+    ``keep_key`` names a timer to leave alone (the one about to be scheduled again);
+    ``only_without_entity`` limits a contact's cancel to timers that name no entity.
 
     Returns:
         How many timers were cancelled.
@@ -58,6 +60,8 @@ def cancel_pending(
         stmt = stmt.where(col(Timer.entity_type) == entity_type, col(Timer.entity_id) == entity_id)
     elif contact_id is not None:
         stmt = stmt.where(col(Timer.contact_id) == contact_id)
+        if only_without_entity:
+            stmt = stmt.where(col(Timer.entity_id).is_(None))
     else:
         return 0
     result = session.execute(stmt)

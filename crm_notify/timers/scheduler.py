@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 from crm_notify.clock import now
@@ -96,6 +97,11 @@ class Scheduler:
                 try:
                     notification_ids += self._fire(session, timer)
                     savepoint.commit()
+                except OperationalError:
+                    # The database itself failed (locked, connection lost): leave the timers
+                    # pending for the next pass.
+                    savepoint.rollback()
+                    raise
                 except Exception as exc:
                     # A timer that cannot fire (a bug, bad data) must not block the others or
                     # be retried forever: it is closed with the error as its reason.
