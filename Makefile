@@ -28,8 +28,9 @@ test: $(STAMP)  ## Run the whole test suite (starts a private Redis when none is
 check: $(STAMP)  ## Format check, lint and type check
 	scripts/check
 
-bench: $(STAMP)  ## Run the benchmarks and print their figures
+bench: $(STAMP)  ## Run the benchmarks and print their figures (see docs/benchmarks.md)
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.timers
 
 lint-rules: $(STAMP)  ## Check the rule files and their templates
 	$(BIN)/crm-notify rules lint

@@ -50,9 +50,14 @@ def verbatim_envelope(text: str) -> tuple[str, list[str]] | None:
     if not _OTHER_LINE_BREAKS.isdisjoint(text):
         return None
     message = email.parser.Parser(policy=email.policy.SMTP).parsestr(text, headersonly=True)
-    delimiter = None
-    if message.get_content_maintype() == "multipart":
-        delimiter = f"--{message.get_boundary()}"
+    maintype, delimiter = message.get_content_maintype(), None
+    if maintype == "message":
+        return None
+    if maintype == "multipart":
+        boundary = message.get_boundary()
+        if not boundary:  # the generator would invent one
+            return None
+        delimiter = f"--{boundary}"
     in_headers, top = True, True
     for line in text.split("\r\n"):
         if len(line) > MAX_VERBATIM_LINE:
@@ -63,7 +68,9 @@ def verbatim_envelope(text: str) -> tuple[str, list[str]] | None:
             elif line[:1] not in (" ", "\t"):
                 if not _HEADER_LINE.match(line):
                     return None
-                if not top and line.lower().startswith("content-type: multipart"):
+                if not top and line.lower().startswith(
+                    ("content-type: multipart", "content-type: message")
+                ):
                     return None
         elif line == delimiter:
             in_headers = True

@@ -1,0 +1,191 @@
+"""pyinstrument profiles of the two hot paths, run in this process without HTTP.
+
+- ingest: ``decode_body`` + ``parse_batch`` + ``Intake.ingest`` on batches of 100, with the
+  enqueue ``crm-notify serve`` does (to the mode's broker, then ``mark_queued``);
+- delivery: ``DeliveryService.deliver`` in a loop, one thread, to the SMTP sink.
+
+Each runs first unprofiled (for a rate without profiler overhead), then profiled. The hotspots
+are the functions with the most self time, and crm-notify's own functions by total time; the
+full profiles are written as HTML next to the other results.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from pyinstrument import Profiler
+from pyinstrument.frame import Frame
+
+from bench import services
+from bench.scenarios import MAIL_FROM, MODES, Options, copy_rules, remove_sqlite
+from bench.workload import Batch, make_batches
+from crm_notify.clock import now
+from crm_notify.config import Settings
+from crm_notify.db import session_scope
+from crm_notify.events.decoding import decode_body
+from crm_notify.events.schemas import parse_batch
+from crm_notify.intake import Intake
+from crm_notify.migrations import upgrade
+from crm_notify.outbox import repository
+from crm_notify.runtime import Runtime
+
+#: Sampling interval of the profiler, in seconds.
+INTERVAL_S = 0.0005
+#: Hotspots listed per profile.
+TOP = 12
+#: Deliveries timed unprofiled, then as many profiled.
+DELIVERIES = 250
+
+
+def run_profiles(
+    modes: Sequence[str], options: Options, tag: str, *, batches: int
+) -> dict[str, Any]:
+    """Profile ingest and delivery once per database the chosen modes use (with the first
+    such mode's broker)."""
+    profiles: dict[str, Any] = {}
+    seen: set[str] = set()
+    for name in modes:
+        if MODES[name].database in seen:
+            continue
+        seen.add(MODES[name].database)
+        profiles[name] = _profile_mode(name, options, f"{tag}p{len(seen)}", batches)
+    return profiles
+
+
+def _profile_mode(name: str, options: Options, tag: str, batches: int) -> dict[str, Any]:
+    mode = MODES[name]
+    out_dir = options.results_dir / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        if mode.database == "sqlite":
+            db_file = out_dir / "profile.db"
+            remove_sqlite(db_file)
+            stack.callback(remove_sqlite, db_file)
+            database_url = f"sqlite:///{db_file}"
+        else:
+            database_url = stack.enter_context(
+                services.postgres_database(options.postgres_url, f"crm_bench_{tag}")
+            )
+        redis: dict[str, Any] = {}
+        if mode.redis:
+            namespace = stack.enter_context(
+                services.redis_namespace(options.redis_url, f"crm-notify-bench-{tag}")
+            )
+            redis = {"redis_url": options.redis_url, "redis_namespace": namespace}
+        sink = stack.enter_context(services.smtp_sink(out_dir))
+        settings = Settings(
+            database_url=database_url,
+            esp_url=sink.url,
+            rules_dir=copy_rules(out_dir / "rules"),
+            templates_dir=services.ROOT / "templates",
+            var_dir=out_dir / "var",
+            mail_from=MAIL_FROM,
+            **redis,
+        )
+        runtime = Runtime.from_settings(settings)
+        stack.callback(runtime.close)
+        upgrade(runtime.engine)
+
+        def enqueue(ids: Sequence[int]) -> None:  # what serve does, without delivering inline
+            runtime.actors.enqueue_deliveries(ids)
+            with session_scope(runtime.engine) as session:
+                repository.mark_queued(session=session, notification_ids=ids)
+
+        intake = Intake(engine=runtime.engine, rules=runtime.rules, enqueue=enqueue)
+        work = make_batches(tag, 2 * batches + 2)
+
+        def ingest(batch: Batch) -> int:
+            calls = parse_batch(decode_body(batch.body, batch=True), received_at=now())
+            return len(intake.ingest(calls, "bench").notification_ids)
+
+        for batch in work[:2]:  # warm-up
+            ingest(batch)
+        plain = _rate(ingest, work[2 : 2 + batches], per=100)
+        profiled, session = _profiled(ingest, work[2 + batches :], per=100)
+        ingest_report = _report(session, out_dir / "profile-ingest.html")
+
+        with session_scope(runtime.engine) as db:
+            ids = repository.find_undelivered(session=db)
+        half = min(len(ids) // 2, DELIVERIES)
+        ids = ids[: 2 * half]
+        deliver = runtime.delivery.deliver
+        plain_delivery = _rate(deliver, ids[:half], per=1)
+        profiled_delivery, session = _profiled(deliver, ids[half:], per=1)
+        delivery_report = _report(session, out_dir / "profile-delivery.html")
+    return {
+        "database": mode.database,
+        "broker": "redis" if mode.redis else "in-process (stub)",
+        "ingest": {"events_per_s": plain, "profiled_events_per_s": profiled, **ingest_report},
+        "delivery": {
+            "messages_per_s": plain_delivery,
+            "profiled_messages_per_s": profiled_delivery,
+            **delivery_report,
+        },
+    }
+
+
+def _rate(function: Callable[[Any], Any], items: Sequence[Any], *, per: int) -> float:
+    started = time.perf_counter()
+    for item in items:
+        function(item)
+    return round(per * len(items) / (time.perf_counter() - started), 1)
+
+
+def _profiled(
+    function: Callable[[Any], Any], items: Sequence[Any], *, per: int
+) -> tuple[float, Profiler]:
+    profiler = Profiler(interval=INTERVAL_S)
+    profiler.start()
+    rate = _rate(function, items, per=per)
+    profiler.stop()
+    return rate, profiler
+
+
+def _report(profiler: Profiler, html_path: Path) -> dict[str, Any]:
+    html_path.write_text(profiler.output_html())
+    session = profiler.last_session
+    assert session is not None
+    root = session.root_frame()
+    assert root is not None
+    total = root.time or 1.0
+    by_self: dict[str, float] = {}
+    ours: dict[str, float] = {}
+    _walk(root, by_self, ours, set())
+    return {
+        "profile": str(html_path),
+        "self_time": [
+            (where, round(100 * spent / total, 1))
+            for where, spent in sorted(by_self.items(), key=lambda kv: -kv[1])[:TOP]
+        ],
+        "crm_notify_total_time": [
+            (where, round(100 * spent / total, 1))
+            for where, spent in sorted(ours.items(), key=lambda kv: -kv[1])[:TOP]
+        ],
+    }
+
+
+def _where(frame: Frame) -> str:
+    return f"{frame.function} ({frame.file_path_short}:{frame.line_no})"
+
+
+def _walk(frame: Frame, by_self: dict[str, float], ours: dict[str, float], stack: set[str]) -> None:
+    """Add each frame's self time to ``by_self`` and crm-notify frames' total to ``ours``
+    (once per call chain, so recursion does not count twice)."""
+    if frame.is_synthetic:
+        return
+    where = _where(frame)
+    self_time = frame.time - sum(child.time for child in frame.children if not child.is_synthetic)
+    by_self[where] = by_self.get(where, 0.0) + self_time
+    entered = False
+    if "crm_notify" in (frame.file_path or "") and where not in stack:
+        ours[where] = ours.get(where, 0.0) + frame.time
+        stack.add(where)
+        entered = True
+    for child in frame.children:
+        _walk(child, by_self, ours, stack)
+    if entered:
+        stack.discard(where)
