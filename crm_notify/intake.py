@@ -363,6 +363,7 @@ class Intake:
             properties=call.properties,
             timestamp=state_time,
             contact_id=contact_id,
+            counts_as_activity=bool(self.rules.for_idle(call.event)),
         )
         if cart is not None and cart.last_activity_at == state_time:
             self._restart_idle(session, call.event, cart, contact_id, event)

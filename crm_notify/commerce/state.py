@@ -187,9 +187,16 @@ def apply_cart_event(
     properties: dict[str, Any],
     timestamp: datetime,
     contact_id: int | None,
+    counts_as_activity: bool = False,
 ) -> Cart | None:
-    """Apply a cart event (see :data:`CART_EVENTS`) to its cart; ``None`` when none is named."""
+    """Apply a cart event (see :data:`CART_EVENTS`) to its cart; ``None`` when none is named.
+
+    ``counts_as_activity`` makes any other event naming a ``cart_id`` (one a rule lists in
+    ``idle_for.activity``) count as activity: it moves the cart's last activity, nothing else.
+    """
     cart_id = cart_key(event_name, properties)
+    if cart_id is None and counts_as_activity:
+        cart_id = _as_str(properties.get("cart_id"))
     if cart_id is None:
         return None
     cart: Cart | None = _locked_row(session, _CARTS, Cart, Cart.cart_id, cart_id)

@@ -172,3 +172,31 @@ def test_issue_3_activity_outside_the_rule_does_not_kill_its_timer(
         frozen.tick(timedelta(hours=5, minutes=1))
         _run(intake, engine)
     assert len(_sent(engine, "idle-custom")) == 1
+
+
+@pytest.mark.usefixtures("customer")
+def test_issue_3_custom_activity_event_restarts_the_idle_clock(
+    engine: Engine, tmp_path: Path
+) -> None:
+    # Given an idle rule that also counts "Coupon Applied" as cart activity
+    write_tree(
+        tmp_path / "custom",
+        {
+            "idle.yaml": RULES["idle.yaml"].replace(
+                "activity: [Product Added]", "activity: [Product Added, Coupon Applied]"
+            )
+        },
+    )
+    intake = Intake(engine=engine, rules=load_rules(tmp_path / "custom"))
+    with freeze_time(T0) as frozen:
+        _track(intake, "Product Added", cart_id="C1", product_id="P1")
+        frozen.tick(timedelta(hours=5))
+        _track(intake, "Coupon Applied", cart_id="C1", coupon="X")
+        # When 10 hours have passed since the first event only, Then nothing is sent
+        frozen.tick(timedelta(hours=5, minutes=1))
+        _run(intake, engine)
+        assert _sent(engine, "idle-custom") == []
+        # When 10 hours have passed since the coupon, Then the reminder is decided
+        frozen.tick(timedelta(hours=5))
+        _run(intake, engine)
+    assert len(_sent(engine, "idle-custom")) == 1
