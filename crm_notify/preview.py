@@ -14,6 +14,7 @@ from crm_notify.commerce.models import Cart, Order
 from crm_notify.commerce.state import cart_data, order_data
 from crm_notify.contacts.models import Contact
 from crm_notify.contacts.repository import contact_data
+from crm_notify.context import stored_event_data
 from crm_notify.errors import ConditionError, CrmNotifyError, EventValidationError
 from crm_notify.events.emails import normalise_email
 from crm_notify.events.models import Event
@@ -82,23 +83,7 @@ def _latest_event(session: Session, rule: Rule, contact: Contact) -> dict[str, A
     else:
         query = query.where(col(Event.name).startswith("Order "))
     event = session.exec(query.order_by(col(Event.timestamp).desc())).first()
-    return None if event is None else _stored_event_data(event)
-
-
-def _stored_event_data(event: Event) -> dict[str, Any]:
-    payload = event.payload
-    return {
-        "type": event.type,
-        "event": payload.get("event"),
-        "name": payload.get("name"),
-        "message_id": event.message_id,
-        "user_id": event.user_id,
-        "anonymous_id": event.anonymous_id,
-        "properties": payload.get("properties") or {},
-        "traits": payload.get("traits") or {},
-        "context": payload.get("context") or {},
-        "timestamp": event.timestamp.isoformat(),
-    }
+    return None if event is None else stored_event_data(event)
 
 
 def build_preview(
