@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import sqlalchemy as sa
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from crm_notify import __version__
@@ -15,6 +16,8 @@ from crm_notify.config import Settings
 from crm_notify.events.api import make_router
 from crm_notify.events.schemas import SegmentCall
 from crm_notify.runtime import Runtime
+
+logger = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI:
@@ -42,6 +45,23 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         lifespan=lifespan,
     )
     app.state.runtime = rt
+
+    @app.exception_handler(sa.exc.SQLAlchemyError)
+    async def database_unavailable(_request: Request, exc: sa.exc.SQLAlchemyError) -> JSONResponse:
+        # The request was not applied (one transaction per request): a 503 makes the Segment
+        # and RudderStack SDKs retry it, where a 500 would read as a bug. No parameters are
+        # logged (they hold personal data).
+        logger.error("database error while handling a request: %s", type(exc).__name__)
+        return JSONResponse(
+            {
+                "error": "the database is unavailable; nothing was written, retry later",
+                "field": None,
+                "code": "database_unavailable",
+                "message": "the database is unavailable; nothing was written, retry later",
+            },
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
 
     def ingest(calls: list[SegmentCall], source: str) -> None:
         rt.intake.ingest(calls, source)

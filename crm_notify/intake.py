@@ -44,8 +44,8 @@ from crm_notify.contacts.repository import (
     upsert_contact,
 )
 from crm_notify.db import insert_rows, new_row, session_scope
-from crm_notify.decisions import recently_sent
-from crm_notify.errors import ConditionError, EventValidationError
+from crm_notify.decisions import failing_condition, recently_sent
+from crm_notify.errors import EventValidationError
 from crm_notify.events.emails import normalise_email
 from crm_notify.events.models import Event
 from crm_notify.events.schemas import SegmentCall
@@ -472,13 +472,9 @@ class Intake:
             "order": order_data(match.order),
             "cart": cart_data(match.cart),
         }
-        for condition in rule.conditions:
-            try:
-                holds = condition.evaluate(context)
-            except ConditionError as exc:
-                return skip(f"condition failed: {condition.source}: {exc}")
-            if not holds:
-                return skip(f"condition not met: {condition.source}")
+        failed = failing_condition(rule.conditions, context)
+        if failed is not None:
+            return skip(failed)
         if rule.is_timed:
             # Guards are checked when the step is due: consent may change meanwhile.
             trigger_at = min(call.timestamp, now() + MAX_CLOCK_SKEW)

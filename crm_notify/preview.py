@@ -15,7 +15,8 @@ from crm_notify.commerce.state import cart_data, order_data
 from crm_notify.contacts.models import Contact
 from crm_notify.contacts.repository import contact_data
 from crm_notify.context import stored_event_data
-from crm_notify.errors import ConditionError, CrmNotifyError, EventValidationError
+from crm_notify.decisions import failing_condition
+from crm_notify.errors import CrmNotifyError, EventValidationError
 from crm_notify.events.emails import normalise_email
 from crm_notify.events.models import Event
 from crm_notify.events.schemas import SegmentCall
@@ -123,21 +124,13 @@ def build_preview(
         "cart": cart_data(cart),
     }
     verdict = "would be sent"
-    for condition in rule.conditions:
-        try:
-            if not condition.evaluate(context):
-                verdict = f"would be skipped: condition not met: {condition.source}"
-                break
-        except ConditionError as exc:
-            verdict = f"would be skipped: condition failed: {condition.source}: {exc}"
-            break
-    if verdict == "would be sent":
-        if not contact.email:
-            verdict = "would be skipped: no email address known for this contact"
-        else:
-            reason = (policy or SendPolicy()).check(rule=rule, contact=contact)
-            if reason:
-                verdict = f"would be skipped: {reason}"
+    failed = failing_condition(rule.conditions, context)
+    if failed is None and not contact.email:
+        failed = "no email address known for this contact"
+    if failed is None:
+        failed = (policy or SendPolicy()).check(rule=rule, contact=contact)
+    if failed is not None:
+        verdict = f"would be skipped: {failed}"
     rendered = templates.render(rule.template, context, language=language or contact.language)
     from_name, from_address = parseaddr(mail_from)
     message = build_message(

@@ -244,17 +244,6 @@ def _claim_email(
     )
 
 
-def ensure_contact(*, session: Session, user_id: str | None, anonymous_id: str | None) -> Contact:
-    """Return the contact of a non-identify call, creating a bare one for a new id."""
-    contact = find_contact(session=session, user_id=user_id, anonymous_id=anonymous_id)
-    if contact is None:
-        contact = Contact(user_id=user_id or None, anonymous_id=anonymous_id)
-        session.add(contact)
-        session.flush()
-        _refile(session, contact)
-    return contact
-
-
 def contact_data(contact: Contact) -> dict[str, Any]:
     """The contact as plain data for conditions and templates."""
     traits = dict(contact.traits or {})

@@ -20,41 +20,18 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from crm_notify.rules.durations import InvalidDurationError, format_duration, parse_duration
-from crm_notify.rules.model import RULE_NAME_PATTERN, TEMPLATE_NAME_PATTERN, Purpose
+from crm_notify.rules.model import (
+    RULE_NAME_PATTERN,
+    TEMPLATE_NAME_PATTERN,
+    Purpose,
+    duration_value,
+    not_negative,
+)
 
 #: The ``userId`` of a case's contact, and of its events, when the file names none.
 DEFAULT_USER_ID = "test-user"
 #: The keys of an event, of which it has exactly one.
 EVENT_KINDS = ("track", "identify", "call")
-
-_ZERO = timedelta(0)
-
-
-def _offset(value: Any) -> timedelta:
-    """A duration from the case's start, as rule files write durations (``-`` allowed)."""
-    if isinstance(value, timedelta):
-        return value
-    if type(value) is int and value == 0:
-        return _ZERO
-    if not isinstance(value, str):
-        raise PydanticCustomError("duration_type", "should be a duration such as 48h, 30m or 2d")
-    try:
-        return parse_duration(value)
-    except InvalidDurationError as exc:
-        raise PydanticCustomError(
-            "duration_parsing", "{message}", {"message": exc.message, "hint": exc.suggestion}
-        ) from exc
-
-
-def _not_negative(value: timedelta) -> timedelta:
-    if value < _ZERO:
-        raise PydanticCustomError(
-            "duration_negative",
-            "must not be negative, got '{value}'",
-            {"value": format_duration(value)},
-        )
-    return value
 
 
 def _moment(value: Any) -> datetime:
@@ -77,9 +54,9 @@ def _moment(value: Any) -> datetime:
 
 
 #: A duration of zero or more from the start of the case.
-_Offset = Annotated[timedelta, BeforeValidator(_offset), AfterValidator(_not_negative)]
+_Offset = Annotated[timedelta, BeforeValidator(duration_value), AfterValidator(not_negative)]
 #: A duration from the start of the case that may be negative (an event dated before it).
-_SignedOffset = Annotated[timedelta, BeforeValidator(_offset)]
+_SignedOffset = Annotated[timedelta, BeforeValidator(duration_value)]
 _NonEmptyStr = Annotated[str, Field(min_length=1)]
 _RuleName = Annotated[str, Field(pattern=RULE_NAME_PATTERN)]
 

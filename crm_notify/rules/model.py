@@ -101,7 +101,8 @@ def _one_or_many(value: Any) -> Any:
     raise PydanticCustomError("string_or_list", "must be a string or a list of strings")
 
 
-def _duration(value: Any) -> timedelta:
+def duration_value(value: Any) -> timedelta:
+    """Pydantic before-validator: a duration as rule files write it (``48h``, ``PT48H``, ``0``)."""
     if isinstance(value, timedelta):
         return value
     if type(value) is int and value == 0:
@@ -116,7 +117,8 @@ def _duration(value: Any) -> timedelta:
         ) from exc
 
 
-def _not_negative(value: timedelta) -> timedelta:
+def not_negative(value: timedelta) -> timedelta:
+    """Pydantic after-validator: refuse a negative duration."""
     if value < _ZERO:
         raise PydanticCustomError(
             "duration_negative",
@@ -170,14 +172,14 @@ _POSITIVE_DURATION_SCHEMA = {
 #: A duration of zero or more (``0`` allowed); validated to a ``timedelta``.
 _Duration = Annotated[
     timedelta,
-    BeforeValidator(_duration),
-    AfterValidator(_not_negative),
+    BeforeValidator(duration_value),
+    AfterValidator(not_negative),
     WithJsonSchema(_DURATION_SCHEMA),
 ]
 #: A duration of more than zero; validated to a ``timedelta``.
 _PositiveDuration = Annotated[
     timedelta,
-    BeforeValidator(_duration),
+    BeforeValidator(duration_value),
     AfterValidator(_positive),
     WithJsonSchema(_POSITIVE_DURATION_SCHEMA),
 ]
