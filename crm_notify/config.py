@@ -7,11 +7,13 @@ Entry points (CLI, app factory, worker) build :class:`Settings` once and pass it
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from crm_notify.errors import ConfigurationError
@@ -21,6 +23,9 @@ ENV_PREFIX = "CRM_NOTIFY_"
 
 #: Accepted spellings of boolean URL options.
 BOOLEAN_VALUES = frozenset({"1", "0", "true", "false", "yes", "no", "on", "off"})
+
+#: What a purpose name must look like.
+PURPOSE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 #: ESP URL schemes this release can deliver through.
 ESP_SCHEMES = frozenset({"smtp", "smtps", "file", "console"})
@@ -67,6 +72,49 @@ class Settings(BaseSettings):
         600.0, gt=0, description="Seconds after which a send that never finished is retried."
     )
     max_delivery_attempts: int = Field(8, ge=1, le=100, description="Attempts before failing.")
+    public_url: str | None = Field(
+        None,
+        description="The service's public base URL, for unsubscribe links "
+        "(default http://HOST:PORT).",
+    )
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Signs unsubscribe links (32+ characters); unset: generated once in "
+        "VAR_DIR/secret_key. Every process of one deployment needs the same key.",
+    )
+    purposes: str = Field(
+        "transactional,marketing",
+        description="Comma-separated purposes rules may name; transactional and marketing are "
+        "always there. Every purpose but transactional needs granted consent.",
+    )
+    consent_categories: dict[str, str] = Field(
+        default_factory=lambda: {"marketing": "marketing"},
+        description="JSON: Segment context.consent.categoryPreferences category -> purpose "
+        "(categories match in any case).",
+    )
+    consent_traits: dict[str, str] = Field(
+        default_factory=lambda: {"marketing_consent": "marketing"},
+        description="JSON: identify trait (true/false) -> purpose it grants or withdraws.",
+    )
+    quiet_hours: str = Field(
+        "21:00-08:00",
+        description="HH:MM-HH:MM in the contact's time zone when non-transactional mail waits; "
+        "empty turns quiet hours off.",
+    )
+    default_timezone: str = Field(
+        "UTC", description="Time zone of contacts whose traits give none (IANA name)."
+    )
+    marketing_limit: str = Field(
+        "",
+        description="At most N non-transactional sends per contact per window, e.g. 3/24h; "
+        "empty: no global cap.",
+    )
+    esp_rate: float | None = Field(
+        None, gt=0, description="Messages per second handed to the ESP, across all workers."
+    )
+    retention_days: int = Field(
+        365, ge=1, description="`gdpr purge` deletes events and rendered bodies older than this."
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -115,6 +163,53 @@ class Settings(BaseSettings):
             else:
                 raise ValueError(f"unknown option {name!r} (known: timeout, starttls, verify)")
         return value
+
+    @field_validator("purposes")
+    @classmethod
+    def _check_purposes(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        for name in names:
+            if not PURPOSE_PATTERN.fullmatch(name):
+                raise ValueError(f"purpose {name!r} must match {PURPOSE_PATTERN.pattern}")
+        return ",".join(dict.fromkeys(["transactional", "marketing", *names]))
+
+    @field_validator("secret_key")
+    @classmethod
+    def _check_secret_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters (e.g. `openssl rand -hex 32`)")
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL, e.g. https://notify.shop.example")
+        return value.rstrip("/")
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(
+                f"unknown time zone {value!r} (use an IANA name such as Europe/Warsaw)"
+            ) from exc
+        return value
+
+    @property
+    def purpose_names(self) -> tuple[str, ...]:
+        """Every purpose rules may name."""
+        return tuple(self.purposes.split(","))
+
+    @property
+    def base_url(self) -> str:
+        """The service's public base URL (``public_url``, or ``http://host:port``)."""
+        return self.public_url or f"http://{self.host}:{self.port}"
 
     @property
     def is_sqlite(self) -> bool:

@@ -18,7 +18,8 @@ class NotificationStatus(enum.StrEnum):
 
     ``pending`` (written with its decision) -> ``queued`` (handed to the broker) -> ``sending``
     (claimed by one worker) -> ``sent``; a transient failure goes to ``retrying`` and back to
-    ``sending``; a permanent one, or too many attempts, ends in ``failed``.
+    ``sending``; a permanent one, or too many attempts, ends in ``failed``. ``cancelled``: the
+    guards said no when it was about to be delivered (consent withdrawn, address suppressed).
     """
 
     PENDING = "pending"
@@ -27,6 +28,7 @@ class NotificationStatus(enum.StrEnum):
     RETRYING = "retrying"
     SENT = "sent"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 #: Statuses from which a worker may claim a notification for delivery.
@@ -46,15 +48,22 @@ class Notification(SQLModel, table=True):
 
     ``idempotency_key`` (rule and event) is unique, so a duplicate event or a replayed decision
     cannot create a second row. ``dedupe_key`` (e.g. ``order:A1:shipped``) lets a rule skip a
-    send that repeats one within its dedupe window. ``context`` is the plain data the template
+    send that repeats one within its dedupe window. ``unique_key`` is a rule's own
+    ``dedupe_key`` (e.g. the order id): one notification per rule, contact and key, enforced by
+    a unique constraint. ``context`` is the plain data the template
     renders with, as it was when the decision was taken; ``message`` is the exact MIME message,
     kept once rendered so a retry sends the same bytes with the same Message-ID.
     """
+
+    __table_args__ = (
+        sa.UniqueConstraint("rule", "contact_id", "unique_key", name="uq_notification_unique_key"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     idempotency_key: str = Field(max_length=512, unique=True)
     rule: str = Field(max_length=255, index=True)
     dedupe_key: str | None = Field(default=None, max_length=512, index=True)
+    unique_key: str | None = Field(default=None, max_length=512)
     step: int = 0
     timer_id: int | None = Field(default=None, foreign_key="timer.id")
     template: str = Field(max_length=255)
@@ -95,7 +104,11 @@ class NotificationStatusChange(SQLModel, table=True):
 
 
 class Decision(SQLModel, table=True):
-    """Why a rule did or did not produce a send for an event (the decision log)."""
+    """Why a rule did or did not produce a send for an event (the decision log).
+
+    ``details`` holds the inputs that decided it: the failing condition, the consent record,
+    the limit and the count, the quiet-hours window.
+    """
 
     id: int | None = Field(default=None, primary_key=True)
     event_id: int | None = Field(default=None, foreign_key="event.id", index=True)
@@ -104,4 +117,5 @@ class Decision(SQLModel, table=True):
     outcome: DecisionOutcome = Field(sa_column=sa.Column(sa.String(16), nullable=False))
     reason: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
     notification_id: int | None = Field(default=None, foreign_key="notification.id")
-    at: datetime = Field(default_factory=now, sa_column=utc_column())
+    details: dict[str, Any] | None = Field(default=None, sa_column=json_column(nullable=True))
+    at: datetime = Field(default_factory=now, sa_column=utc_column(index=True))

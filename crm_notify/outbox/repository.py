@@ -325,6 +325,46 @@ def mark_failed(*, session: Session, notification_id: int, error: str) -> bool:
     )
 
 
+def mark_cancelled(
+    *,
+    session: Session,
+    notification: Notification,
+    reason: str,
+    details: dict[str, Any] | None = None,
+) -> bool:
+    """Move a claimed (``sending``) notification to ``cancelled``: the guards said no at
+    delivery time. The decision log records why, with ``details``."""
+    assert notification.id is not None
+    if not _transition(
+        session,
+        notification.id,
+        from_statuses=(NotificationStatus.SENDING,),
+        to_status=NotificationStatus.CANCELLED,
+        detail=reason,
+        values={"last_error": None},
+    ):
+        return False
+    insert_rows(
+        session,
+        Decision,
+        [
+            new_row(
+                Decision,
+                {
+                    "rule": notification.rule,
+                    "outcome": DecisionOutcome.SKIP,
+                    "reason": f"cancelled at delivery: {reason}",
+                    "event_id": notification.event_id,
+                    "contact_id": notification.contact_id,
+                    "notification_id": notification.id,
+                    "details": details,
+                },
+            )
+        ],
+    )
+    return True
+
+
 def mark_queued(*, session: Session, notification_ids: Sequence[int]) -> None:
     """Record that notifications were handed to the broker (just now).
 

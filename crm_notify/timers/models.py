@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
 from crm_notify.clock import now
-from crm_notify.db import utc_column
+from crm_notify.db import json_column, utc_column
 
 
 class TimerStatus(enum.StrEnum):
@@ -25,6 +26,19 @@ class TimerStatus(enum.StrEnum):
     SKIPPED = "skipped"
     DROPPED = "dropped"
     CANCELLED = "cancelled"
+
+
+class TimerKind(enum.StrEnum):
+    """What a timer does when due.
+
+    ``step``: the rule step it names is due. ``deferred``: a send the guards deferred (quiet
+    hours, a rate limit) is retried; ``payload`` holds its idempotency key. ``digest``: sends
+    over a rate limit, collected in ``payload``, go out as one message.
+    """
+
+    STEP = "step"
+    DEFERRED = "deferred"
+    DIGEST = "digest"
 
 
 class Timer(SQLModel, table=True):
@@ -56,5 +70,10 @@ class Timer(SQLModel, table=True):
     trigger_at: datetime = Field(sa_column=utc_column())
     due_at: datetime = Field(sa_column=utc_column())
     reason: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    kind: TimerKind = Field(
+        default=TimerKind.STEP,
+        sa_column=sa.Column(sa.String(16), nullable=False, server_default=TimerKind.STEP.value),
+    )
+    payload: dict[str, Any] | None = Field(default=None, sa_column=json_column(nullable=True))
     created_at: datetime = Field(default_factory=now, sa_column=utc_column())
     updated_at: datetime = Field(default_factory=now, sa_column=utc_column())

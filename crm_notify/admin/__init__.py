@@ -1,0 +1,1 @@
+"""Admin API routes (consent, suppression, decisions), authenticated with API keys."""

@@ -1,0 +1,1 @@
+"""Command groups of the ``crm-notify`` CLI that live outside :mod:`crm_notify.cli`."""
