@@ -11,11 +11,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from crm_notify import __version__
+from crm_notify.admin import decisions as admin_decisions
+from crm_notify.admin import suppressions as admin_suppressions
+from crm_notify.admin.consent import make_router as make_consent_router
 from crm_notify.auth.api_keys import ApiKeyAuthenticator
 from crm_notify.config import Settings
 from crm_notify.events.api import make_router
 from crm_notify.events.schemas import SegmentCall
 from crm_notify.runtime import Runtime
+from crm_notify.unsubscribe.api import make_router as make_unsubscribe_router
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +70,27 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     def ingest(calls: list[SegmentCall], source: str) -> None:
         rt.intake.ingest(calls, source)
 
+    authenticate = ApiKeyAuthenticator(engine=rt.engine)
+    app.include_router(make_router(ingest=ingest, authenticate=authenticate))
     app.include_router(
-        make_router(ingest=ingest, authenticate=ApiKeyAuthenticator(engine=rt.engine))
+        make_consent_router(
+            engine=rt.engine, authenticate=authenticate, purposes=settings.purpose_names
+        )
+    )
+    app.include_router(
+        admin_suppressions.make_router(
+            engine=rt.engine, authenticate=authenticate, purposes=settings.purpose_names
+        )
+    )
+    app.include_router(
+        admin_decisions.make_router(
+            engine=rt.engine, authenticate=authenticate, purposes=settings.purpose_names
+        )
+    )
+    app.include_router(
+        make_unsubscribe_router(
+            engine=rt.engine, secret_key=rt.secret_key, purposes=settings.purpose_names
+        )
     )
 
     @app.get("/healthz", tags=["health"], summary="Liveness and database check")

@@ -12,6 +12,10 @@ from typing import Any, NoReturn
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
+from crm_notify.commands import consent as consent_commands
+from crm_notify.commands import explain as explain_commands
+from crm_notify.commands import gdpr as gdpr_commands
+from crm_notify.commands import suppression as suppression_commands
 from crm_notify.config import Settings, load_settings
 from crm_notify.errors import ConfigurationError, CrmNotifyError, RuleFileError
 
@@ -25,6 +29,10 @@ class _Context:
     def __init__(self, env_file: Path | None) -> None:
         self.env_file = env_file
         self._settings: Settings | None = None
+
+    def override_settings(self, **overrides: Any) -> None:
+        """Replace the settings with ``overrides`` applied (command-line options)."""
+        self._settings = self.settings.model_copy(update=overrides)
 
     @property
     def settings(self) -> Settings:
@@ -153,6 +161,15 @@ def api_keys_revoke(ctx: _Context, name: str) -> None:
 # --- service --------------------------------------------------------------------------------
 
 
+def _policy(ctx: _Context) -> Any:
+    from crm_notify.guards import SendPolicy
+
+    try:
+        return SendPolicy.from_settings(ctx.settings)
+    except ConfigurationError as exc:
+        _fail(str(exc), 2)
+
+
 def _runtime(ctx: _Context) -> Any:
     from crm_notify.runtime import Runtime
 
@@ -178,6 +195,10 @@ def serve(ctx: _Context, host: str | None, port: int | None, migrate: bool) -> N
     from crm_notify.app import create_app
 
     settings = ctx.settings
+    if host or port:
+        # The bind address is also the default public URL (unsubscribe links).
+        ctx.override_settings(host=host or settings.host, port=port or settings.port)
+        settings = ctx.settings
     if migrate:
         from crm_notify.db import make_engine
         from crm_notify.migrations import upgrade
@@ -186,7 +207,7 @@ def serve(ctx: _Context, host: str | None, port: int | None, migrate: bool) -> N
         upgrade(engine)
         engine.dispose()
     app = create_app(settings, runtime=_runtime(ctx))
-    bind_host, bind_port = host or settings.host, port or settings.port
+    bind_host, bind_port = settings.host, settings.port
     mode = "Redis broker" if settings.redis_url else "embedded broker (in-process delivery)"
     click.echo(f"crm-notify listening on http://{bind_host}:{bind_port} with {mode}", err=True)
     uvicorn.run(app, host=bind_host, port=bind_port, log_level="warning", access_log=False)
@@ -271,9 +292,16 @@ def rules_lint(ctx: _Context, path: Path | None) -> None:
     settings = ctx.settings
     target = path or settings.rules_dir
     templates = TemplateStore(settings.templates_dir, default_language=settings.default_language)
-    problems: list[str] = [str(err) for err in lint_rules(target, template_exists=templates.exists)]
+    problems: list[str] = [
+        str(err)
+        for err in lint_rules(
+            target, template_exists=templates.exists, purposes=ctx.settings.purpose_names
+        )
+    ]
     if not problems:
-        ruleset = load_rules(target, template_exists=templates.exists)
+        ruleset = load_rules(
+            target, template_exists=templates.exists, purposes=ctx.settings.purpose_names
+        )
         for name in sorted({step.template for rule in ruleset.rules for step in rule.steps}):
             problems += templates.lint(name)
         for problem in problems:
@@ -337,14 +365,16 @@ def rules_test(ctx: _Context, path: Path | None) -> None:
         rules_dir = target if target.is_dir() else target.parent
     templates = TemplateStore(settings.templates_dir, default_language=settings.default_language)
     try:
-        ruleset = load_rules(rules_dir, template_exists=templates.exists)
+        ruleset = load_rules(
+            rules_dir, template_exists=templates.exists, purposes=settings.purpose_names
+        )
     except RuleFileError as exc:
         _fail(f"rules did not load: {exc}", 2)
     files = find_rule_tests(target)
     if not files:
         click.echo(f"no rule tests (*.test.yaml) found for {target}")
         return
-    results = run_rule_tests(files, rules=ruleset)
+    results = run_rule_tests(files, rules=ruleset, policy=_policy(ctx))
     for line in format_results(results):
         click.echo(line)
     status = exit_status(results)
@@ -367,7 +397,7 @@ def rules_list(ctx: _Context) -> None:
     from crm_notify.rules.loader import load_rules
 
     try:
-        ruleset = load_rules(ctx.settings.rules_dir)
+        ruleset = load_rules(ctx.settings.rules_dir, purposes=ctx.settings.purpose_names)
     except RuleFileError as exc:
         _fail(str(exc))
     for rule in ruleset.rules:
@@ -429,6 +459,8 @@ def preview(
                 mail_from=runtime.settings.mail_from,
                 call=call,
                 language=language,
+                policy=runtime.policy,
+                links=runtime.unsubscribe_links,
             )
     except CrmNotifyError as exc:
         _fail(str(exc))
@@ -481,3 +513,11 @@ def events_send(ctx: _Context, file: str, source: str) -> None:
         f"accepted {result.accepted}, duplicates {result.duplicates}, "
         f"notifications {len(result.notification_ids)}"
     )
+
+
+# --- guards and data protection (command groups in crm_notify/commands/) ----------------------
+
+main.add_command(consent_commands.consent)
+main.add_command(suppression_commands.suppressions)
+main.add_command(explain_commands.explain)
+main.add_command(gdpr_commands.gdpr)

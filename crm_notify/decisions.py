@@ -1,13 +1,16 @@
-"""Deciding one send: the checks every matched rule step passes, and the outbox row it writes.
+"""Deciding one send: the checks every matched rule step passes, and what it writes.
 
-Shared by intake (immediate sends) and the scheduler (timed steps), so both record the same
-decisions for the same reasons.
+Shared by intake (immediate sends) and the scheduler (timed steps, deferred sends, digests), so
+both record the same decisions for the same reasons. The order of checks is: conditions (by the
+caller), an email address, dedupe (the order-status window, the rule's ``dedupe_key``), then the
+guards of :class:`~crm_notify.guards.SendPolicy`; a deferral becomes a timer.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -15,11 +18,16 @@ from sqlmodel import Session, col, select
 from crm_notify.clock import now
 from crm_notify.contacts.models import Contact
 from crm_notify.errors import ConditionError
-from crm_notify.guards.policy import SendPolicy
+from crm_notify.guards import PlannedSend, SendAttempt, SendPolicy, Verdict
 from crm_notify.outbox import repository
-from crm_notify.outbox.models import DecisionOutcome, Notification
+from crm_notify.outbox.models import DecisionOutcome, Notification, NotificationStatus
 from crm_notify.rules.conditions import Condition
+from crm_notify.rules.durations import format_duration
 from crm_notify.rules.model import Rule
+from crm_notify.timers.models import Timer, TimerKind, TimerStatus
+
+#: Statuses of notifications that no longer count as sent (for dedupe and limits).
+NOT_SENT = (NotificationStatus.CANCELLED.value, NotificationStatus.FAILED.value)
 
 
 def failing_condition(conditions: Sequence[Condition], context: dict[str, Any]) -> str | None:
@@ -52,9 +60,10 @@ def skip(
     event_id: int | None,
     contact_id: int | None,
     outcome: DecisionOutcome = DecisionOutcome.SKIP,
+    details: dict[str, Any] | None = None,
 ) -> None:
-    """Record a decision not to send (now)."""
-    repository.record_decision(
+    """Record a decision not to send (now): a skip, or with ``outcome`` a deferral."""
+    decision = repository.record_decision(
         session=session,
         rule=rule.name,
         outcome=outcome,
@@ -62,6 +71,7 @@ def skip(
         event_id=event_id,
         contact_id=contact_id,
     )
+    decision.details = details or None
 
 
 def recently_sent(
@@ -77,6 +87,145 @@ def recently_sent(
     ).first()
 
 
+def order_window_refusal(session: Session, *, rule: Rule, dedupe_key: str) -> str | None:
+    """Why an order-status send repeats one within the rule's dedupe window, or ``None``."""
+    with session.no_autoflush:
+        earlier = recently_sent(
+            session, rule=rule, dedupe_key=dedupe_key, window=rule.dedupe_window
+        )
+    if earlier is None:
+        return None
+    return (
+        f"already sent for {dedupe_key} within the dedupe window "
+        f"({format_duration(rule.dedupe_window)})"
+    )
+
+
+def rule_unique_key(rule: Rule, context: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The rule's ``dedupe_key`` rendered for ``context``: ``(key, None)``, or ``(None, why)``
+    when it fails to render (the send is then skipped: a broken key must not bypass dedupe)."""
+    if rule.dedupe_key is None:
+        return None, None
+    try:
+        return rule.dedupe_key.render(context), None
+    except ConditionError as exc:
+        return None, f"dedupe_key failed: {exc}"
+
+
+def unique_key_refusal(
+    session: Session, *, rule: Rule, contact_id: int, unique_key: str
+) -> str | None:
+    """Why a send repeats the rule's notification for ``unique_key``, or ``None``."""
+    with session.no_autoflush:
+        earlier = session.exec(
+            select(Notification)
+            .where(Notification.rule == rule.name)
+            .where(Notification.contact_id == contact_id)
+            .where(Notification.unique_key == unique_key)
+        ).first()
+    if earlier is None:
+        return None
+    return (
+        f"already sent for dedupe key {unique_key!r} "
+        f"(notification {earlier.id}, {earlier.created_at:%Y-%m-%d %H:%M} UTC)"
+    )
+
+
+def attempt_for(
+    rule: Rule, contact: Contact, *, planned: Sequence[PlannedSend] = ()
+) -> SendAttempt:
+    """The guards' view of a send of ``rule`` to ``contact`` now."""
+    return SendAttempt(
+        rule_name=rule.name,
+        purpose=str(rule.purpose),
+        contact=contact,
+        moment=now(),
+        rule=rule,
+        planned=planned,
+    )
+
+
+def is_digest(verdict: Verdict) -> bool:
+    """Whether a deferral asks for the send to join a digest (``over_limit: digest``)."""
+    return verdict.outcome == DecisionOutcome.DEFER and verdict.details.get("action") == "digest"
+
+
+def deferred_timer(
+    *,
+    rule: Rule,
+    step_index: int,
+    until: datetime,
+    idempotency_key: str,
+    contact_id: int | None,
+    trigger_at: datetime,
+    event_id: int | None,
+    entity_type: str | None = None,
+    entity_id: str | None = None,
+    dedupe_key: str | None = None,
+) -> Timer:
+    """A timer that retries a deferred send at ``until`` with the same idempotency key, so the
+    send happens once however often it is deferred (not inserted: the caller does)."""
+    return Timer(
+        key=f"defer:{idempotency_key}:{until.isoformat()}",
+        kind=TimerKind.DEFERRED,
+        rule=rule.name,
+        step=step_index,
+        contact_id=contact_id,
+        entity_type=entity_type,
+        entity_id=entity_id,
+        event_id=event_id,
+        dedupe_key=dedupe_key,
+        trigger_at=trigger_at,
+        due_at=until,
+        payload={"idempotency_key": idempotency_key},
+    )
+
+
+def add_to_digest(
+    session: Session,
+    *,
+    rule: Rule,
+    contact_id: int,
+    until: datetime,
+    item: dict[str, Any],
+) -> Timer:
+    """Add ``item`` (a send's template data) to the contact's pending digest of ``rule``, or
+    start one due at ``until``. The caller holds the contact's lock (the rate-limit guard took
+    it), so two transactions cannot start two digests."""
+    pending = session.exec(
+        select(Timer)
+        .where(Timer.rule == rule.name)
+        .where(Timer.contact_id == contact_id)
+        .where(Timer.kind == TimerKind.DIGEST.value)
+        .where(Timer.status == TimerStatus.PENDING.value)
+    ).first()
+    if pending is not None:
+        payload = dict(pending.payload or {})
+        payload["items"] = [*payload.get("items", []), item]
+        pending.payload = payload
+        pending.updated_at = now()
+        session.add(pending)
+        return pending
+    timer = Timer(
+        key=f"digest:{rule.name}:{contact_id}:{uuid.uuid4().hex}",
+        kind=TimerKind.DIGEST,
+        rule=rule.name,
+        step=0,
+        contact_id=contact_id,
+        trigger_at=now(),
+        due_at=until,
+        payload={"items": [item]},
+    )
+    session.add(timer)
+    return timer
+
+
+def digest_item(context: dict[str, Any]) -> dict[str, Any]:
+    """What a digest keeps of one send: its template data without the contact (the digest
+    renders with the contact as it is when it goes out)."""
+    return {key: value for key, value in context.items() if key != "contact"}
+
+
 def decide_send(
     session: Session,
     *,
@@ -87,52 +236,91 @@ def decide_send(
     event_id: int | None,
     idempotency_key: str,
     policy: SendPolicy,
-    dedupe_key: str | None = None,
-    timer_id: int | None = None,
+    timer: Timer | None = None,
+    template: str | None = None,
 ) -> int | None:
-    """Write the send of one rule step, or a skip decision saying why not.
+    """Write the send of one rule step (or of a digest), or a decision saying why not.
 
-    The caller has already checked the rule's and the step's conditions.
+    The caller has already checked the rule's and the step's conditions. A deferral schedules a
+    timer (or joins the digest) and records a ``defer`` decision.
 
     Returns:
-        The new notification's id, or ``None`` when skipped or already decided.
+        The new notification's id, or ``None`` when skipped, deferred or already decided.
     """
     contact_id = contact.id if contact else None
-    if contact is None or not contact.email:
+
+    def refuse(reason: str, verdict: Verdict | None = None) -> None:
         skip(
             session,
             rule=rule,
-            reason="no email address known for this contact",
+            reason=reason,
             event_id=event_id,
             contact_id=contact_id,
+            outcome=verdict.outcome if verdict else DecisionOutcome.SKIP,
+            details=verdict.details if verdict else None,
         )
+
+    if contact is None or contact.id is None or not contact.email:
+        refuse("no email address known for this contact")
         return None
-    verdict = policy.check(rule=rule, contact=contact)
-    if verdict is not None:
-        skip(session, rule=rule, reason=verdict, event_id=event_id, contact_id=contact_id)
-        return None
+    dedupe_key = timer.dedupe_key if timer is not None else None
     if dedupe_key is not None:
-        earlier = recently_sent(
-            session, rule=rule, dedupe_key=dedupe_key, window=rule.dedupe_window
+        refusal = order_window_refusal(session, rule=rule, dedupe_key=dedupe_key)
+        if refusal is not None:
+            refuse(refusal)
+            return None
+    unique_key, failed = (None, None) if template else rule_unique_key(rule, context)
+    if failed is not None:
+        refuse(failed)
+        return None
+    if unique_key is not None:
+        refusal = unique_key_refusal(
+            session, rule=rule, contact_id=contact.id, unique_key=unique_key
         )
-        if earlier is not None:
-            skip(
+        if refusal is not None:
+            refuse(refusal)
+            return None
+    verdict = policy.check(session, attempt_for(rule, contact))
+    if verdict.outcome == DecisionOutcome.SKIP:
+        refuse(verdict.reason, verdict)
+        return None
+    if verdict.outcome == DecisionOutcome.DEFER:
+        assert verdict.until is not None
+        if is_digest(verdict) and template is None:
+            add_to_digest(
                 session,
                 rule=rule,
-                reason=(
-                    f"already sent for {dedupe_key} at {earlier.created_at:%Y-%m-%d %H:%M} UTC"
-                    f" (dedupe window {rule.dedupe_window})"
-                ),
-                event_id=event_id,
-                contact_id=contact_id,
+                contact_id=contact.id,
+                until=verdict.until,
+                item=digest_item(context),
             )
+            refuse(verdict.reason, verdict)
             return None
+        repository_timer = deferred_timer(
+            rule=rule,
+            step_index=step_index,
+            until=verdict.until,
+            idempotency_key=idempotency_key,
+            contact_id=contact.id,
+            trigger_at=timer.trigger_at if timer is not None else now(),
+            event_id=event_id,
+            entity_type=timer.entity_type if timer is not None else None,
+            entity_id=timer.entity_id if timer is not None else None,
+            dedupe_key=dedupe_key,
+        )
+        if timer is not None and timer.kind == TimerKind.DIGEST:
+            repository_timer.kind = TimerKind.DIGEST
+            repository_timer.key = f"digest:{rule.name}:{contact.id}:{uuid.uuid4().hex}"
+            repository_timer.payload = timer.payload
+        session.add(repository_timer)
+        refuse(verdict.reason, verdict)
+        return None
     step = rule.steps[step_index]
     notification = Notification(
         idempotency_key=idempotency_key,
         rule=rule.name,
         step=step_index,
-        template=step.template,
+        template=template or step.template,
         purpose=str(rule.purpose),
         channel=rule.channel,
         contact_id=contact.id,
@@ -141,9 +329,13 @@ def decide_send(
         language=contact.language,
         context=context,
         dedupe_key=dedupe_key,
-        timer_id=timer_id,
+        unique_key=unique_key,
+        timer_id=timer.id if timer is not None else None,
     )
-    reason = "rule matched" if len(rule.steps) == 1 else f"rule matched ({step.name})"
+    if template is not None:
+        reason = f"digest of {len(context.get('digest', {}).get('items', []))} sends"
+    else:
+        reason = "rule matched" if len(rule.steps) == 1 else f"rule matched ({step.name})"
     if repository.create_notification(session=session, notification=notification, reason=reason):
         return notification.id
     return None

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, select
 
 from crm_notify.clock import now
@@ -44,16 +44,27 @@ from crm_notify.contacts.repository import (
     upsert_contact,
 )
 from crm_notify.db import insert_rows, new_row, session_scope
-from crm_notify.decisions import failing_condition, recently_sent
+from crm_notify.decisions import (
+    add_to_digest,
+    attempt_for,
+    deferred_timer,
+    digest_item,
+    failing_condition,
+    is_digest,
+    order_window_refusal,
+    rule_unique_key,
+    unique_key_refusal,
+)
 from crm_notify.errors import EventValidationError
 from crm_notify.events.emails import normalise_email
 from crm_notify.events.models import Event
 from crm_notify.events.schemas import SegmentCall
-from crm_notify.guards.policy import SendPolicy
+from crm_notify.guards import PlannedSend, SendPolicy, Verdict
+from crm_notify.guards.consent import consent_from_call, record_changes
+from crm_notify.guards.models import ConsentRecord
 from crm_notify.outbox import repository
 from crm_notify.outbox.models import DecisionOutcome, Notification
 from crm_notify.render.mime import FORBIDDEN_IN_HEADERS
-from crm_notify.rules.durations import format_duration
 from crm_notify.rules.engine import RuleSet
 from crm_notify.rules.model import Rule
 from crm_notify.rules.triggers import IdleTrigger, OrderStatusTrigger
@@ -72,6 +83,16 @@ INGEST_ATTEMPTS = 3
 #: How far in the future an event's timestamp may be when ordering state; later stamps are
 #: taken as this, so one event from a wrong clock cannot freeze an order.
 MAX_CLOCK_SKEW = timedelta(minutes=5)
+
+
+#: PostgreSQL errors a retry of the whole transaction resolves: deadlock, serialisation.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def _retryable(exc: IntegrityError | OperationalError) -> bool:
+    if isinstance(exc, IntegrityError):
+        return True
+    return getattr(exc.orig, "sqlstate", None) in RETRYABLE_SQLSTATES
 
 
 @dataclass
@@ -119,10 +140,17 @@ class _Batch:
     """What one transaction accumulates while its calls are applied in order."""
 
     events: list[dict[str, Any]] = field(default_factory=list)
-    #: Timers of delayed event-triggered rules, inserted once their event has an id.
-    timers: list[Timer] = field(default_factory=list)
+    #: Timers of delayed rules and deferred sends, with the messageId of their event: inserted
+    #: once the event has an id.
+    timers: list[tuple[Timer, str]] = field(default_factory=list)
     #: Dedupe keys of sends decided earlier in this batch, per rule.
     dedupe_keys: set[tuple[str, str]] = field(default_factory=set)
+    #: The rules' own dedupe keys of sends decided earlier in this batch: (rule, contact, key).
+    unique_keys: set[tuple[str, int, str]] = field(default_factory=set)
+    #: Sends decided earlier in this batch, for the rate limits.
+    planned: list[PlannedSend] = field(default_factory=list)
+    #: Consent records written from this batch's calls, with their call's messageId.
+    consent: list[tuple[ConsentRecord, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -150,6 +178,7 @@ class _Verdict:
     reason: str
     notification: dict[str, Any] | None = None
     outcome: DecisionOutcome | None = None
+    details: dict[str, Any] | None = None
 
 
 class Intake:
@@ -158,8 +187,11 @@ class Intake:
     Parameters:
         engine: the database.
         rules: the loaded rules.
-        policy: the guards every matched rule passes before a send is written.
+        policy: the guards every matched rule passes before a send is written (default: the
+            standard policy with its default options).
         enqueue: called with the ids of new notifications after their transaction commits.
+        consent_categories: Segment consent category -> purpose (matched in any case).
+        consent_traits: identify trait -> purpose it grants or withdraws.
     """
 
     def __init__(
@@ -169,11 +201,19 @@ class Intake:
         rules: RuleSet,
         policy: SendPolicy | None = None,
         enqueue: Callable[[Sequence[int]], None] | None = None,
+        consent_categories: dict[str, str] | None = None,
+        consent_traits: dict[str, str] | None = None,
     ) -> None:
         self._engine = engine
         self.rules = rules
-        self._policy = policy or SendPolicy()
+        self._policy = policy or SendPolicy.standard()
         self._enqueue = enqueue
+        self._consent_categories = (
+            {"marketing": "marketing"} if consent_categories is None else consent_categories
+        )
+        self._consent_traits = (
+            {"marketing_consent": "marketing"} if consent_traits is None else consent_traits
+        )
 
     def ingest(self, calls: Sequence[SegmentCall], source: str = "api") -> IngestResult:
         """Apply ``calls`` in one transaction and enqueue the notifications they produced.
@@ -188,10 +228,11 @@ class Intake:
                 with session_scope(self._engine) as session:
                     result = self._apply(session, calls, emails, source, received)
                 break
-            except IntegrityError:
-                # A concurrent request inserted the same messageId, contact or order first;
-                # the retry sees its rows (duplicates are then skipped, rows updated).
-                if attempt == INGEST_ATTEMPTS:
+            except (IntegrityError, OperationalError) as exc:
+                # A concurrent request inserted the same messageId, contact or order first, or
+                # PostgreSQL broke a lock cycle (two batches locking the same contacts for
+                # their rate limits): the retry sees the other's rows.
+                if attempt == INGEST_ATTEMPTS or not _retryable(exc):
                     raise
         if result.notification_ids and self._enqueue is not None:
             try:
@@ -330,9 +371,27 @@ class Intake:
             },
         )
         batch.events.append(event)
+        if contact is not None:
+            self._record_consent(session, call, contact, batch)
         state_time = min(call.timestamp, received + MAX_CLOCK_SKEW)
         matched = self._match(session, call, contact, created, state_time, batch, event)
         return [self._decide(session, call, event, contact, match, batch) for match in matched]
+
+    def _record_consent(
+        self, session: Session, call: SegmentCall, contact: Contact, batch: _Batch
+    ) -> None:
+        """Record the grants and withdrawals the call carries (its consent preferences, or
+        consent traits), when they change the contact's current consent."""
+        changes = consent_from_call(
+            call, categories=self._consent_categories, traits=self._consent_traits
+        )
+        if not changes:
+            return
+        if contact.id is None:
+            session.flush()
+        assert contact.id is not None
+        for record in record_changes(session=session, contact_id=contact.id, changes=changes):
+            batch.consent.append((record, call.message_id))
 
     def _match(
         self,
@@ -417,7 +476,7 @@ class Intake:
             same_contact = contact_id is not None and timer.contact_id == contact_id
             return same_contact and (cart_id is None or timer.entity_id is None)
 
-        batch.timers = [t for t in batch.timers if not cancelled(t)]
+        batch.timers = [(t, m) for t, m in batch.timers if not cancelled(t)]
 
     def _restart_idle(
         self,
@@ -490,7 +549,7 @@ class Intake:
                 trigger_at=trigger_at,
                 due_at=step_due_at(rule, 0, trigger_at),
             )
-            batch.timers.append(timer)
+            batch.timers.append((timer, call.message_id))
             return _Verdict(
                 rule.name,
                 event,
@@ -498,30 +557,45 @@ class Intake:
                 f"scheduled {rule.steps[0].name} for {timer.due_at:%Y-%m-%d %H:%M} UTC",
                 outcome=DecisionOutcome.DEFER,
             )
-        if contact is None or not contact.email:
+        if contact is None or contact.id is None or not contact.email:
             return skip("no email address known for this contact")
-        refusal = self._policy.check(rule=rule, contact=contact)
-        if refusal is not None:
-            return skip(refusal)
         dedupe_key = _order_dedupe_key(rule, match.order)
         if dedupe_key is not None:
-            # Notifications are only written at the end of the batch (checked just below), so
-            # nothing pending can change the answer: no need to flush first.
-            with session.no_autoflush:
-                earlier = recently_sent(
-                    session, rule=rule, dedupe_key=dedupe_key, window=rule.dedupe_window
-                )
-            if earlier is not None or (rule.name, dedupe_key) in batch.dedupe_keys:
-                return skip(
-                    f"already sent for {dedupe_key} within the dedupe window "
-                    f"({format_duration(rule.dedupe_window)})"
-                )
+            # Notifications are only written at the end of the batch, so the batch's own
+            # sends are checked from memory.
+            refusal = order_window_refusal(session, rule=rule, dedupe_key=dedupe_key)
+            if refusal is None and (rule.name, dedupe_key) in batch.dedupe_keys:
+                refusal = f"already sent for {dedupe_key} earlier in this batch"
+            if refusal is not None:
+                return skip(refusal)
+        unique_key, failed = rule_unique_key(rule, context)
+        if failed is not None:
+            return skip(failed)
+        if unique_key is not None:
+            refusal = unique_key_refusal(
+                session, rule=rule, contact_id=contact.id, unique_key=unique_key
+            )
+            if refusal is None and (rule.name, contact.id, unique_key) in batch.unique_keys:
+                refusal = f"already sent for dedupe key {unique_key!r} earlier in this batch"
+            if refusal is not None:
+                return skip(refusal)
+        idempotency_key = f"{rule.name}:{call.message_id}"
+        verdict = self._policy.check(session, attempt_for(rule, contact, planned=batch.planned))
+        if not verdict.allows:
+            return self._refused(
+                session, call, event, contact, rule, verdict, batch, context, dedupe_key
+            )
+        if dedupe_key is not None:
             batch.dedupe_keys.add((rule.name, dedupe_key))
+        if unique_key is not None:
+            batch.unique_keys.add((rule.name, contact.id, unique_key))
+        batch.planned.append(PlannedSend(contact.id, rule.name, str(rule.purpose), now()))
         notification = new_row(
             Notification,
             {
-                "idempotency_key": f"{rule.name}:{call.message_id}",
+                "idempotency_key": idempotency_key,
                 "dedupe_key": dedupe_key,
+                "unique_key": unique_key,
                 "rule": rule.name,
                 "template": rule.template,
                 "purpose": str(rule.purpose),
@@ -535,6 +609,56 @@ class Intake:
         return _Verdict(rule.name, event, contact_id, SEND_REASON, notification)
 
     @staticmethod
+    def _refused(
+        session: Session,
+        call: SegmentCall,
+        event: dict[str, Any],
+        contact: Contact,
+        rule: Rule,
+        verdict: Verdict,
+        batch: _Batch,
+        context: dict[str, Any],
+        dedupe_key: str | None,
+    ) -> _Verdict:
+        """The decision for a send the guards skipped or deferred; a deferral schedules its
+        retry (or joins the digest)."""
+        assert contact.id is not None
+        reason = verdict.reason
+        if verdict.outcome == DecisionOutcome.DEFER:
+            assert verdict.until is not None
+            if is_digest(verdict):
+                add_to_digest(
+                    session,
+                    rule=rule,
+                    contact_id=contact.id,
+                    until=verdict.until,
+                    item=digest_item(context),
+                )
+            else:
+                cart_id = _cart_id(call)
+                timer = deferred_timer(
+                    rule=rule,
+                    step_index=0,
+                    until=verdict.until,
+                    idempotency_key=f"{rule.name}:{call.message_id}",
+                    contact_id=contact.id,
+                    trigger_at=min(call.timestamp, now() + MAX_CLOCK_SKEW),
+                    event_id=None,
+                    entity_type="cart" if cart_id is not None else None,
+                    entity_id=cart_id,
+                    dedupe_key=dedupe_key,
+                )
+                batch.timers.append((timer, call.message_id))
+        return _Verdict(
+            rule.name,
+            event,
+            contact.id,
+            reason,
+            outcome=verdict.outcome,
+            details=verdict.details or None,
+        )
+
+    @staticmethod
     def _write(
         session: Session,
         batch: _Batch,
@@ -544,10 +668,11 @@ class Intake:
         """Insert the batch's events, then its timers, decisions and notifications."""
         session.flush()  # contacts, orders, carts and timers changed by the batch
         event_ids = insert_rows(session, Event, batch.events, key="message_id")
-        for timer in batch.timers:
-            message_id = timer.key.split(":", 1)[1].rsplit(":", 1)[0]
+        for timer, message_id in batch.timers:
             timer.event_id = event_ids.get(message_id)
             timer_repository.schedule_timer(session=session, timer=timer)
+        for record, message_id in batch.consent:
+            record.event_id = event_ids.get(message_id)
         plans = []
         for verdict in verdicts:
             event_id = event_ids[verdict.event["message_id"]]
@@ -561,6 +686,7 @@ class Intake:
                     verdict.reason,
                     verdict.notification,
                     verdict.outcome,
+                    verdict.details,
                 )
             )
         result.notification_ids += repository.write_decisions(session=session, decisions=plans)

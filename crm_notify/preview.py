@@ -15,17 +15,19 @@ from crm_notify.commerce.state import cart_data, order_data
 from crm_notify.contacts.models import Contact
 from crm_notify.contacts.repository import contact_data
 from crm_notify.context import stored_event_data
-from crm_notify.decisions import failing_condition
+from crm_notify.decisions import attempt_for, failing_condition
 from crm_notify.errors import CrmNotifyError, EventValidationError
 from crm_notify.events.emails import normalise_email
 from crm_notify.events.models import Event
 from crm_notify.events.schemas import SegmentCall
-from crm_notify.guards.policy import SendPolicy
+from crm_notify.guards import SendPolicy
 from crm_notify.intake import event_data
+from crm_notify.outbox.models import DecisionOutcome, Notification
 from crm_notify.render.mime import build_message
 from crm_notify.render.templates import TemplateStore
 from crm_notify.rules.model import Rule
 from crm_notify.rules.triggers import EventTrigger, IdentifyTrigger
+from crm_notify.unsubscribe.links import UnsubscribeLinks
 
 
 class PreviewError(CrmNotifyError):
@@ -97,6 +99,7 @@ def build_preview(
     call: SegmentCall | None = None,
     language: str | None = None,
     policy: SendPolicy | None = None,
+    links: UnsubscribeLinks | None = None,
 ) -> Preview:
     """Render ``rule``'s template for ``contact`` with ``call`` or their latest matching event.
 
@@ -128,10 +131,28 @@ def build_preview(
     if failed is None and not contact.email:
         failed = "no email address known for this contact"
     if failed is None:
-        failed = (policy or SendPolicy()).check(rule=rule, contact=contact)
+        guards = (policy or SendPolicy.standard()).check(session, attempt_for(rule, contact))
+        if guards.outcome == DecisionOutcome.DEFER:
+            verdict = f"would be deferred: {guards.reason}"
+        elif not guards.allows:
+            failed = guards.reason
     if failed is not None:
         verdict = f"would be skipped: {failed}"
-    rendered = templates.render(rule.template, context, language=language or contact.language)
+    data = dict(context)
+    if links is not None and contact.id is not None:
+        # The links a real send would carry (for a notification not written yet).
+        sample = Notification(
+            idempotency_key="preview",
+            rule=rule.name,
+            template=rule.template,
+            purpose=str(rule.purpose),
+            contact_id=contact.id,
+            to_address=contact.email or "",
+        )
+        urls = links.for_notification(sample)
+        if urls is not None:
+            data["unsubscribe_url"], data["preferences_url"] = urls
+    rendered = templates.render(rule.template, data, language=language or contact.language)
     from_name, from_address = parseaddr(mail_from)
     message = build_message(
         rendered,

@@ -7,12 +7,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import dramatiq
+import redis
 from sqlalchemy.engine import Engine
 
 from crm_notify.config import Settings
 from crm_notify.db import make_engine, session_scope
 from crm_notify.esp.base import EspAdapter
 from crm_notify.esp.factory import adapter_from_url
+from crm_notify.esp.rate_limited import (
+    LocalSendRateLimiter,
+    RateLimitedAdapter,
+    RedisSendRateLimiter,
+    SendRateLimiter,
+)
+from crm_notify.guards import SendPolicy
 from crm_notify.intake import Intake
 from crm_notify.outbox import repository
 from crm_notify.outbox.delivery import DeliveryService
@@ -22,10 +30,29 @@ from crm_notify.rules.engine import RuleSet
 from crm_notify.rules.loader import load_rules
 from crm_notify.timers.firing import TimerFiring
 from crm_notify.timers.scheduler import Scheduler
+from crm_notify.unsubscribe.links import UnsubscribeLinks
+from crm_notify.unsubscribe.tokens import load_secret_key
 from crm_notify.worker.actors import Actors, declare_actors
 from crm_notify.worker.broker import build_broker
 
 logger = logging.getLogger(__name__)
+
+
+def rate_limited(adapter: EspAdapter, settings: Settings) -> EspAdapter:
+    """``adapter`` held to ``CRM_NOTIFY_ESP_RATE`` messages per second: across every process
+    through Redis when one is configured, else within this process."""
+    if settings.esp_rate is None:
+        return adapter
+    limiter: SendRateLimiter
+    if settings.redis_url:
+        limiter = RedisSendRateLimiter(
+            redis.Redis.from_url(settings.redis_url),
+            f"{settings.redis_namespace}:esp-rate:{adapter.name}",
+            settings.esp_rate,
+        )
+    else:
+        limiter = LocalSendRateLimiter(settings.esp_rate)
+    return RateLimitedAdapter(adapter, rate_per_s=settings.esp_rate, limiter=limiter)
 
 
 @dataclass
@@ -38,6 +65,9 @@ class Runtime:
     templates: TemplateStore
     adapter: EspAdapter
     broker: dramatiq.Broker
+    policy: SendPolicy
+    secret_key: bytes
+    unsubscribe_links: UnsubscribeLinks = field(init=False)
     actors: Actors = field(init=False)
     intake: Intake = field(init=False)
     delivery: DeliveryService = field(init=False)
@@ -46,6 +76,9 @@ class Runtime:
     _worker: dramatiq.Worker | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
+        self.unsubscribe_links = UnsubscribeLinks(
+            base_url=self.settings.base_url, secret_key=self.secret_key
+        )
         self.delivery = DeliveryService(
             engine=self.engine,
             templates=self.templates,
@@ -53,12 +86,21 @@ class Runtime:
             mail_from=self.settings.mail_from,
             max_attempts=self.settings.max_delivery_attempts,
             schedule_retry=lambda nid, delay: self.actors.schedule_delivery(nid, delay),
+            policy=self.policy,
+            unsubscribe=self.unsubscribe_links,
         )
         self.actors = declare_actors(self.broker, deliver=self.delivery.deliver)
-        self.intake = Intake(engine=self.engine, rules=self.rules, enqueue=self.enqueue)
+        self.intake = Intake(
+            engine=self.engine,
+            rules=self.rules,
+            policy=self.policy,
+            enqueue=self.enqueue,
+            consent_categories=self.settings.consent_categories,
+            consent_traits=self.settings.consent_traits,
+        )
         self.scheduler = Scheduler(
             engine=self.engine,
-            fire=TimerFiring(rules=self.rules),
+            fire=TimerFiring(rules=self.rules, policy=self.policy),
             enqueue=self.enqueue,
             interval_s=self.settings.scheduler_interval,
         )
@@ -80,14 +122,18 @@ class Runtime:
         templates = TemplateStore(
             settings.templates_dir, default_language=settings.default_language
         )
-        rules = load_rules(settings.rules_dir, template_exists=templates.exists)
+        rules = load_rules(
+            settings.rules_dir, template_exists=templates.exists, purposes=settings.purpose_names
+        )
         return cls(
             settings=settings,
             engine=engine or make_engine(settings.database_url),
             rules=rules,
             templates=templates,
-            adapter=adapter_from_url(settings.esp_url),
+            adapter=rate_limited(adapter_from_url(settings.esp_url), settings),
             broker=build_broker(settings),
+            policy=SendPolicy.from_settings(settings),
+            secret_key=load_secret_key(settings),
         )
 
     def enqueue(self, notification_ids: Sequence[int]) -> None:

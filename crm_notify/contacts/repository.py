@@ -17,6 +17,7 @@ from sqlmodel import Session, col, or_, select
 from crm_notify.clock import now
 from crm_notify.contacts.models import Contact
 from crm_notify.errors import EventValidationError
+from crm_notify.events.emails import normalise_email
 
 #: Trait names read into the contact's own columns (the rest stay in ``traits``).
 LANGUAGE_TRAITS = ("language", "locale")
@@ -259,3 +260,40 @@ def contact_data(contact: Contact) -> dict[str, Any]:
         "name": traits.get("name"),
         "traits": traits,
     }
+
+
+def find_contact_by_ref(session: Session, ref: str) -> Contact | None:
+    """The contact named by ``ref``, as the admin API and CLI name contacts.
+
+    Parameters:
+        ref: an email address (matched normalised, in any case), ``user:<userId>`` or
+            ``id:<n>``.
+
+    Raises:
+        ValueError: ``ref`` is none of these forms.
+
+    Returns:
+        The contact, or ``None`` when no contact matches.
+    """
+    ref = ref.strip()
+    if ref.startswith("user:"):
+        user_id = ref[len("user:") :].strip()
+        if not user_id:
+            raise ValueError("contact reference user: needs a userId, e.g. user:42")
+        return session.exec(select(Contact).where(Contact.user_id == user_id)).first()
+    if ref.startswith("id:"):
+        number = ref[len("id:") :].strip()
+        if not number.isdigit():
+            raise ValueError(f"contact reference {ref!r}: id: needs a number, e.g. id:17")
+        return session.get(Contact, int(number))
+    if "@" not in ref:
+        raise ValueError(f"contact reference {ref!r} is not an email, user:<userId> or id:<n>")
+    try:
+        email = normalise_email(ref)
+    except EventValidationError as exc:
+        raise ValueError(f"contact reference is not a valid email address: {exc}") from exc
+    found = session.exec(select(Contact).where(Contact.email == email)).first()
+    if found is not None:
+        return found
+    lowered = email.lower()
+    return session.exec(select(Contact).where(sa.func.lower(Contact.email) == lowered)).first()

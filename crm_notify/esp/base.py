@@ -14,6 +14,11 @@ from email.message import EmailMessage
 
 from crm_notify.errors import EspError, EspPermanentError, EspTransientError
 
+#: How stored messages are parsed (and re-emitted by ``smtplib``): SMTP line endings, lines
+#: up to RFC 5322's 998 characters kept as they are (a long ``List-Unsubscribe`` URL must not
+#: be refolded or RFC 2047-encoded).
+STORED_MESSAGE_POLICY = email.policy.SMTP.clone(max_line_length=998)
+
 
 @dataclass(frozen=True)
 class SendResult:
@@ -66,7 +71,7 @@ class EspAdapter:
             EspTransientError: the provider may accept it later.
             EspPermanentError: the provider will never accept it.
         """
-        message = email.message_from_string(text, policy=email.policy.SMTP)
+        message = email.message_from_string(text, policy=STORED_MESSAGE_POLICY)
         assert isinstance(message, EmailMessage)
         return self.send(message)
 

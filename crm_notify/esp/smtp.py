@@ -21,13 +21,15 @@ from email.message import EmailMessage
 from typing import Any
 
 from crm_notify.errors import EspError, EspPermanentError, EspTransientError
-from crm_notify.esp.base import EspAdapter, SendResult
+from crm_notify.esp.base import STORED_MESSAGE_POLICY, EspAdapter, SendResult
 
 #: Seconds to wait for the SMTP server on connect and on each command.
 DEFAULT_TIMEOUT_S = 30.0
 
-#: Longest line ``email``'s generator re-emits unchanged (``policy.max_line_length``).
-MAX_VERBATIM_LINE = 78
+#: Longest line ``email``'s generator re-emits unchanged (``policy.max_line_length`` of
+#: :data:`~crm_notify.esp.base.STORED_MESSAGE_POLICY`): RFC 5322's limit, so a long
+#: ``List-Unsubscribe`` URL is neither refolded nor RFC 2047-encoded.
+MAX_VERBATIM_LINE = 998
 #: A header's first line as the generator re-emits it: ``Name: value``, one space.
 _HEADER_LINE = re.compile(r"[!-9;-~]+: \S")
 #: Characters ``str.splitlines`` breaks on besides CR and LF (a header would be re-joined).
@@ -49,7 +51,7 @@ def verbatim_envelope(text: str) -> tuple[str, list[str]] | None:
         return None
     if not _OTHER_LINE_BREAKS.isdisjoint(text):
         return None
-    message = email.parser.Parser(policy=email.policy.SMTP).parsestr(text, headersonly=True)
+    message = email.parser.Parser(policy=STORED_MESSAGE_POLICY).parsestr(text, headersonly=True)
     maintype, delimiter = message.get_content_maintype(), None
     if maintype == "message":
         return None

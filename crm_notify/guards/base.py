@@ -31,17 +31,17 @@ class Verdict:
     until: datetime | None = None
 
     @classmethod
-    def send(cls, reason: str = "rule matched", **details: Any) -> Verdict:
+    def send(cls, reason: str = "rule matched", /, **details: Any) -> Verdict:
         """Let the send through."""
         return cls(DecisionOutcome.SEND, reason, details)
 
     @classmethod
-    def skip(cls, reason: str, **details: Any) -> Verdict:
+    def skip(cls, reason: str, /, **details: Any) -> Verdict:
         """Do not send; ``reason`` says why."""
         return cls(DecisionOutcome.SKIP, reason, details)
 
     @classmethod
-    def defer(cls, until: datetime, reason: str, **details: Any) -> Verdict:
+    def defer(cls, until: datetime, reason: str, /, **details: Any) -> Verdict:
         """Send later, not before ``until`` (UTC); the guards run again then."""
         return cls(DecisionOutcome.DEFER, reason, details, until)
 

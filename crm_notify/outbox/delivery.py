@@ -1,7 +1,14 @@
-"""Delivering one notification: claim, render once, hand to the ESP, record the outcome.
+"""Delivering one notification: claim, check the guards again, render once, hand to the ESP,
+record the outcome.
 
 Called by the ``deliver_notification`` actor with a notification id. Safe to call any number of
 times for the same id: only a claimable row is worked on, and a sent row is never sent again.
+
+Every attempt re-checks the guards that run at delivery (consent, suppression), so a withdrawal
+or a bounce since the decision cancels the send. Non-transactional mail gets signed
+``unsubscribe_url`` / ``preferences_url`` template variables and the ``List-Unsubscribe`` and
+``List-Unsubscribe-Post`` headers (RFC 2369, RFC 8058). A recipient the provider refuses as
+nonexistent (SMTP 550, 551 or 553 on RCPT) is put on the suppression list.
 """
 
 from __future__ import annotations
@@ -9,6 +16,8 @@ from __future__ import annotations
 import email
 import email.policy
 import logging
+import re
+import smtplib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,15 +27,27 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
+from sqlmodel import Session
 
 from crm_notify.clock import now
+from crm_notify.contacts.models import Contact
 from crm_notify.db import session_scope
-from crm_notify.errors import EspPermanentError, EspTransientError, RenderError
+from crm_notify.errors import (
+    EspPermanentError,
+    EspTransientError,
+    EventValidationError,
+    RenderError,
+)
 from crm_notify.esp.base import EspAdapter
+from crm_notify.guards.base import SendAttempt
+from crm_notify.guards.policy import SendPolicy
+from crm_notify.guards.suppression import suppress
 from crm_notify.outbox import repository
-from crm_notify.outbox.models import Notification
+from crm_notify.outbox.models import DecisionOutcome, Notification
 from crm_notify.render.mime import build_message, make_message_id
 from crm_notify.render.templates import TemplateStore
+from crm_notify.unsubscribe.headers import list_unsubscribe_headers, plain_list_unsubscribe
+from crm_notify.unsubscribe.links import UnsubscribeLinks
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +68,11 @@ MARK_SENT_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 #: Length of the ``subject`` column (the header itself is folded, not cut).
 SUBJECT_COLUMN_CHARS = 998
 
+#: SMTP replies to RCPT that say the mailbox does not exist (RFC 5321 4.2.3): a hard bounce.
+HARD_BOUNCE_CODES = frozenset({550, 551, 553})
+#: An enhanced status code (RFC 3463) in a reply; 5.7.x is a policy refusal, not a bad address.
+_ENHANCED_STATUS = re.compile(r"\b([245])\.(\d{1,3})\.\d{1,3}\b")
+
 
 def _display_name(contact: dict[str, Any]) -> str | None:
     """The recipient's display name from contact data, or ``None``; only strings count."""
@@ -65,8 +91,8 @@ def _display_name(contact: dict[str, Any]) -> str | None:
 class DeliveryOutcome:
     """What one call of :meth:`DeliveryService.deliver` did.
 
-    ``status`` is ``skipped`` (not claimable), ``sent``, ``retrying`` or ``failed``;
-    ``retry_in`` is set for ``retrying``.
+    ``status`` is ``skipped`` (not claimable), ``sent``, ``retrying``, ``failed`` or
+    ``cancelled`` (the guards said no at delivery); ``retry_in`` is set for ``retrying``.
     """
 
     status: str
@@ -83,6 +109,10 @@ class DeliveryService:
         mail_from: the From header.
         max_attempts: attempts before a transient failure becomes ``failed``.
         schedule_retry: called with (notification id, delay) after a transient failure.
+        policy: the send policy; its delivery-time guards run before every attempt (``None``:
+            no re-check, for tests of other stages).
+        unsubscribe: builds the unsubscribe links of non-transactional mail (``None``: none,
+            and templates that use ``unsubscribe_url`` fail to render).
     """
 
     def __init__(
@@ -94,12 +124,16 @@ class DeliveryService:
         mail_from: str,
         max_attempts: int,
         schedule_retry: Callable[[int, timedelta], None] | None = None,
+        policy: SendPolicy | None = None,
+        unsubscribe: UnsubscribeLinks | None = None,
     ) -> None:
         self._engine = engine
         self._templates = templates
         self._adapter = adapter
         self._max_attempts = max_attempts
         self._schedule_retry = schedule_retry
+        self._policy = policy
+        self._unsubscribe = unsubscribe
         self._from_name, self._from_address = parseaddr(mail_from)
         self._domain = self._from_address.rpartition("@")[2] or "localhost"
 
@@ -109,6 +143,9 @@ class DeliveryService:
             row = repository.claim_for_delivery(session=session, notification_id=notification_id)
             if row is None:
                 return DeliveryOutcome("skipped")
+            refused = self._recheck(session, row)
+            if refused is not None:
+                return refused
             text, attempts = row.message, row.attempts
             if text is None:
                 try:
@@ -134,6 +171,9 @@ class DeliveryService:
                 repository.mark_failed(
                     session=session, notification_id=notification_id, error=str(exc)
                 )
+                bounce = _hard_bounce(exc)
+                if bounce is not None:
+                    _suppress_bounced(session, notification_id, bounce)
             logger.warning(
                 "notification %s rejected permanently by %s (status %s)",
                 notification_id,
@@ -143,6 +183,42 @@ class DeliveryService:
             return DeliveryOutcome("failed")
         self._record_sent(notification_id, result.esp, result.provider_message_id)
         return DeliveryOutcome("sent")
+
+    def _recheck(self, session: Session, row: Notification) -> DeliveryOutcome | None:
+        """Run the delivery-time guards on a claimed row; the outcome when they say no."""
+        if self._policy is None or row.contact_id is None:
+            return None
+        contact = session.get(Contact, row.contact_id)
+        if contact is None:
+            return None
+        attempt = SendAttempt(
+            rule_name=row.rule,
+            purpose=row.purpose,
+            contact=contact,
+            moment=now(),
+            at_delivery=True,
+            notification_id=row.id,
+        )
+        verdict = self._policy.check(session, attempt)
+        if verdict.allows:
+            return None
+        assert row.id is not None
+        if verdict.outcome == DecisionOutcome.DEFER and verdict.until is not None:
+            repository.mark_retrying(
+                session=session,
+                notification_id=row.id,
+                error=f"deferred at delivery: {verdict.reason}",
+                next_attempt_at=verdict.until,
+            )
+            delay = max(verdict.until - now(), timedelta(0))
+            if self._schedule_retry is not None:
+                self._schedule_retry(row.id, delay)
+            return DeliveryOutcome("retrying", retry_in=delay)
+        repository.mark_cancelled(
+            session=session, notification=row, reason=verdict.reason, details=verdict.details
+        )
+        logger.info("notification %s cancelled at delivery (%s)", row.id, verdict.reason)
+        return DeliveryOutcome("cancelled")
 
     def _record_sent(self, notification_id: int, esp: str, esp_message_id: str | None) -> None:
         # The provider has the message now: losing this write would mean a second send after
@@ -169,7 +245,13 @@ class DeliveryService:
 
     def _render(self, row: Notification) -> dict[str, str]:
         """The message of ``row`` and the columns stored with it (see ``store_message``)."""
-        rendered = self._templates.render(row.template, row.context, language=row.language)
+        context = dict(row.context)
+        headers = {"X-CRM-Notify-Id": str(row.id), "X-CRM-Notify-Rule": row.rule}
+        links = self._unsubscribe.for_notification(row) if self._unsubscribe else None
+        if links is not None:
+            context["unsubscribe_url"], context["preferences_url"] = links
+            headers.update(list_unsubscribe_headers(links[0]))
+        rendered = self._templates.render(row.template, context, language=row.language)
         message_id = make_message_id(self._domain)
         contact = row.context.get("contact") or {}
         name = _display_name(contact)
@@ -180,10 +262,13 @@ class DeliveryService:
             to_address=row.to_address,
             to_name=name,
             message_id=message_id,
-            extra_headers={"X-CRM-Notify-Id": str(row.id), "X-CRM-Notify-Rule": row.rule},
+            extra_headers=headers,
         )
+        text = message.as_string(policy=email.policy.SMTP)
+        if links is not None:
+            text = plain_list_unsubscribe(text, f"<{links[0]}>")
         return {
-            "message": message.as_string(policy=email.policy.SMTP),
+            "message": text,
             "message_id": message_id,
             "subject": rendered.subject[:SUBJECT_COLUMN_CHARS],
             "language": rendered.language,
@@ -219,3 +304,43 @@ class DeliveryService:
         if self._schedule_retry is not None:
             self._schedule_retry(notification_id, delay)
         return DeliveryOutcome("retrying", retry_in=delay)
+
+
+def _hard_bounce(exc: EspPermanentError) -> str | None:
+    """The provider's words when ``exc`` says the recipient does not exist, else ``None``.
+
+    SMTP: every recipient refused at RCPT with 550, 551 or 553, unless the reply's enhanced
+    status is 5.7.x (refused by policy: the address may well exist).
+    """
+    cause = exc.__cause__
+    if not isinstance(cause, smtplib.SMTPRecipientsRefused):
+        return None
+    replies = list(cause.recipients.values())
+    for code, message in replies:
+        text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
+        status = _ENHANCED_STATUS.search(text)
+        if code not in HARD_BOUNCE_CODES or (status and status.group(2) == "7"):
+            return None
+    code, message = replies[0]
+    text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
+    for address in cause.recipients:  # keep the address out of the free-text detail
+        text = text.replace(address, "<recipient>")
+    return f"{exc.esp} {code} {text}"[:1000]
+
+
+def _suppress_bounced(session: Session, notification_id: int, detail: str) -> None:
+    """Suppress the address of a notification the provider refused as nonexistent."""
+    row = session.get(Notification, notification_id)
+    if row is None:
+        return
+    try:
+        suppress(
+            session=session,
+            email=row.to_address,
+            reason="hard_bounce",
+            created_by="system",
+            detail=detail,
+        )
+    except EventValidationError:  # not an address at all: nothing to put on the list
+        return
+    logger.info("notification %s: recipient suppressed after a hard bounce", notification_id)

@@ -67,6 +67,7 @@ class PlannedDecision:
     reason: str
     notification: dict[str, Any] | None = None
     outcome: DecisionOutcome | None = None
+    details: dict[str, Any] | None = None
 
 
 def write_decisions(*, session: Session, decisions: Sequence[PlannedDecision]) -> list[int]:
@@ -125,6 +126,7 @@ def write_decisions(*, session: Session, decisions: Sequence[PlannedDecision]) -
                     "event_id": decision.event_id,
                     "contact_id": decision.contact_id,
                     "notification_id": notification_id,
+                    "details": decision.details,
                 },
             )
         )

@@ -1,22 +1,33 @@
-"""A validated ``RuleSpec`` -> the compiled parts of a ``Rule``: its conditions and its steps.
+"""A validated ``RuleSpec`` -> the compiled parts of a ``Rule``: conditions, steps, dedupe key.
 
-The checks here span several keys, so the schema cannot make them: ``steps`` against the
-single-message keys, step order and names, send windows. Each problem is reported at the line of
-the key it is about.
+The checks here span several keys or need the configuration, so the schema cannot make them:
+``steps`` against the single-message keys, step order and names, send windows, ``over_limit``
+against ``digest_template``, ``purpose`` against the configured purposes. Each problem is
+reported at the line of the key it is about.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import difflib
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 
-from crm_notify.errors import RuleFileError
+from jinja2 import TemplateError, meta
+
+from crm_notify.errors import RenderError, RuleFileError
 from crm_notify.render.sandbox import BoundedSandboxEnvironment
 from crm_notify.rules._validation_errors import dotted
-from crm_notify.rules.conditions import Condition, compile_condition
+from crm_notify.rules.conditions import CONDITION_VARIABLES, Condition, compile_condition
 from crm_notify.rules.durations import format_duration
-from crm_notify.rules.model import SINGLE_STEP_KEYS, RuleSpec, Step, StepSpec
+from crm_notify.rules.model import (
+    SINGLE_STEP_KEYS,
+    DedupeKey,
+    OverLimit,
+    RuleSpec,
+    Step,
+    StepSpec,
+)
 from crm_notify.rules.yaml_source import NodePath, YamlDocument
 
 TemplateExists = Callable[[str], bool]
@@ -198,3 +209,137 @@ def _step_problems(
             )
         )
     return problems
+
+
+def purpose_problems(
+    document: YamlDocument, *, path: Path, purposes: Sequence[str]
+) -> dict[NodePath, RuleFileError]:
+    """Check each rule's ``purpose`` against the configured purposes, in every rule of the file
+    (also those with other problems, so a lint lists them all).
+
+    Parameters:
+        document: the file's data and line map.
+        path: the rule file.
+        purposes: the purposes rules may name.
+
+    Returns:
+        The problem of each rule naming an unknown purpose, by the rule's path in the document.
+    """
+    data = document.data
+    items: list[tuple[NodePath, object]] = []
+    if isinstance(data, dict) and "rules" not in data:
+        items = [((), data)]
+    elif isinstance(data, dict) and isinstance(data["rules"], list):
+        items = [(("rules", index), item) for index, item in enumerate(data["rules"])]
+    problems = {}
+    for prefix, item in items:
+        purpose = item.get("purpose") if isinstance(item, dict) else None
+        if isinstance(purpose, str) and purpose not in purposes:
+            close = difflib.get_close_matches(purpose, purposes, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            problems[prefix] = RuleFileError(
+                path,
+                document.line_for((*prefix, "purpose")),
+                f"unknown purpose '{purpose}'",
+                f"{hint}configured: {', '.join(purposes)}; add it to CRM_NOTIFY_PURPOSES",
+            )
+    return problems
+
+
+def guard_field_problems(
+    spec: RuleSpec,
+    prefix: NodePath,
+    *,
+    document: YamlDocument,
+    path: Path,
+    template_exists: TemplateExists | None,
+) -> list[RuleFileError]:
+    """Check ``over_limit`` against ``digest_template``, and that the digest template exists.
+
+    Parameters:
+        spec: the validated rule.
+        prefix: the rule's path in the document.
+        document: the file's data and line map.
+        path: the rule file.
+        template_exists: when given, called with the digest template.
+
+    Returns:
+        The problems.
+    """
+    problems = []
+    digest = spec.over_limit is OverLimit.DIGEST
+    if digest and spec.digest_template is None:
+        problems.append(
+            RuleFileError(
+                path,
+                document.line_for((*prefix, "over_limit")),
+                "'over_limit: digest' needs 'digest_template'",
+                "name the template (folder under templates/) of the message listing the items",
+            )
+        )
+    elif not digest and spec.digest_template is not None:
+        problems.append(
+            RuleFileError(
+                path,
+                document.line_for((*prefix, "digest_template")),
+                "'digest_template' is only used with 'over_limit: digest'",
+                "set 'over_limit: digest' or remove 'digest_template'",
+            )
+        )
+    elif (
+        spec.digest_template is not None
+        and template_exists is not None
+        and not template_exists(spec.digest_template)
+    ):
+        problems.append(
+            RuleFileError(
+                path,
+                document.line_for((*prefix, "digest_template")),
+                f"template '{spec.digest_template}' does not exist",
+                f"create templates/{spec.digest_template}/ or fix the name",
+            )
+        )
+    return problems
+
+
+def compile_dedupe_key(
+    source: str | None,
+    key: NodePath,
+    *,
+    document: YamlDocument,
+    path: Path,
+    environment: BoundedSandboxEnvironment,
+) -> tuple[DedupeKey | None, list[RuleFileError]]:
+    """Compile a ``dedupe_key``: a template (``{{ order.order_id }}``) or a bare expression
+    (``order.order_id``), reading only the condition variables.
+
+    Parameters:
+        source: the key as written, or ``None``.
+        key: the path of the ``dedupe_key`` key.
+        document: the file's data and line map.
+        path: the rule file.
+        environment: the sandbox to compile in.
+
+    Returns:
+        The compiled key (``None`` when not given or on a problem), and the problems.
+    """
+    if source is None:
+        return None, []
+    line = document.line_for(key)
+    text = source if "{{" in source or "{%" in source else "{{ " + source + " }}"
+    shown = source if len(source) <= 80 else source[:77] + "..."
+    try:
+        template = environment.from_string(text)
+        names = meta.find_undeclared_variables(environment.parse(text))
+    except (RenderError, TemplateError) as exc:
+        reason = str(exc).split(": ", 1)[-1] if str(exc).startswith("<") else str(exc)
+        return None, [RuleFileError(path, line, f"invalid dedupe_key {shown!r}: {reason}")]
+    allowed = CONDITION_VARIABLES | set(environment.globals)
+    unknown = sorted(set(names) - allowed)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(CONDITION_VARIABLES), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else None
+        hint = hint or "dedupe_key can use " + ", ".join(sorted(CONDITION_VARIABLES))
+        message = f"unknown variable '{unknown[0]}' in dedupe_key {shown!r}"
+        return None, [RuleFileError(path, line, message, hint)]
+    return DedupeKey(source, template, environment, path=path, line=line), []

@@ -18,16 +18,15 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, col, create_engine, select
 
-from crm_notify.contacts.models import Contact
 from crm_notify.db import import_models
 from crm_notify.errors import EventValidationError, RuleFileError
-from crm_notify.guards.policy import SendPolicy
+from crm_notify.guards import SendAttempt, SendPolicy, Verdict
+from crm_notify.guards.consent import ConsentGuard
 from crm_notify.intake import Intake
 from crm_notify.outbox.models import Decision, DecisionOutcome, Notification
 from crm_notify.rules._testing_load import Expectation, RuleTestCase
 from crm_notify.rules.durations import format_duration
 from crm_notify.rules.engine import RuleSet
-from crm_notify.rules.model import Purpose, Rule
 from crm_notify.timers import repository as timer_repository
 from crm_notify.timers.firing import TimerFiring
 from crm_notify.timers.scheduler import Scheduler
@@ -106,26 +105,38 @@ class CaseResult:
         )
 
 
-class CaseConsentPolicy(SendPolicy):
-    """The send policy, except that the case's contact consented to the purposes it lists.
+class CaseConsentGuard(ConsentGuard):
+    """The consent guard, except that the case's contact consented to the purposes it lists
+    (``contact.consent``), as if the ledger held a grant for each.
 
-    It stands in for the consent ledger, which does not exist yet: every other contact, and
-    every other purpose, gets :class:`SendPolicy`'s answer.
+    Every other contact, and every other purpose, gets the ledger's answer: a case can also
+    record consent with calls (Segment ``context.consent`` or consent traits).
 
     Parameters:
         user_id: the case contact's ``userId``.
-        purposes: what the contact consented to (``contact.consent``).
+        purposes: what the contact consented to.
     """
 
-    def __init__(self, *, user_id: str, purposes: frozenset[Purpose]) -> None:
+    def __init__(self, *, user_id: str, purposes: frozenset[str]) -> None:
         self._user_id = user_id
         self._purposes = purposes
 
-    def check(self, *, rule: Rule, contact: Contact) -> str | None:
-        """Return ``None`` for a consented purpose of the case's contact, else as the base."""
-        if contact.user_id == self._user_id and rule.purpose in self._purposes:
+    def check(self, session: Session, attempt: SendAttempt) -> Verdict | None:
+        """Let a consented purpose of the case's contact through, else as the base."""
+        if attempt.contact.user_id == self._user_id and attempt.purpose in self._purposes:
             return None
-        return super().check(rule=rule, contact=contact)
+        return super().check(session, attempt)
+
+
+def case_policy(case: RuleTestCase, base: SendPolicy) -> SendPolicy:
+    """``base`` with its consent guard replaced by a :class:`CaseConsentGuard`."""
+    guards = [
+        CaseConsentGuard(user_id=case.user_id, purposes=frozenset(map(str, case.consent)))
+        if isinstance(guard, ConsentGuard)
+        else guard
+        for guard in base.guards
+    ]
+    return SendPolicy(guards=guards)
 
 
 def memory_engine() -> Engine:
@@ -154,20 +165,28 @@ def memory_engine() -> Engine:
     return engine
 
 
-def run_case(case: RuleTestCase, rules: RuleSet, clock: SimulatedClock) -> CaseResult:
+def run_case(
+    case: RuleTestCase,
+    rules: RuleSet,
+    clock: SimulatedClock,
+    *,
+    policy: SendPolicy | None = None,
+) -> CaseResult:
     """Run one case on a fresh database, moving ``clock`` (a running freezegun freezer).
 
     Parameters:
         case: the case.
         rules: the rules under test.
         clock: the frozen clock; left at the last moment the case reached.
+        policy: the send policy as configured (default: the standard one); its consent guard
+            also counts the case's ``contact.consent``.
 
     Returns:
         What the case produced, or the error that stopped it.
     """
     engine = memory_engine()
     try:
-        return _Run(case, rules, engine, clock).run()
+        return _Run(case, rules, engine, clock, policy).run()
     finally:
         engine.dispose()
 
@@ -178,6 +197,7 @@ class _Run:
     rules: RuleSet
     engine: Engine
     clock: SimulatedClock
+    policy: SendPolicy | None = None
     sent: list[Sent] = field(default_factory=list)
     decisions: list[DecisionNote] = field(default_factory=list)
     _last_notification: int = 0
@@ -185,7 +205,7 @@ class _Run:
 
     def run(self) -> CaseResult:
         case = self.case
-        policy = CaseConsentPolicy(user_id=case.user_id, purposes=case.consent)
+        policy = case_policy(case, self.policy or SendPolicy.standard())
         intake = Intake(engine=self.engine, rules=self.rules, policy=policy)
         firing = TimerFiring(rules=self.rules, policy=policy)
         scheduler = Scheduler(engine=self.engine, fire=firing, enqueue=None, interval_s=1)

@@ -6,6 +6,7 @@ checks but collects every problem; ``rule_file_json_schema`` describes the forma
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,17 @@ from pydantic import TypeAdapter, ValidationError
 
 from crm_notify.errors import RuleFileError
 from crm_notify.render.sandbox import BoundedSandboxEnvironment
-from crm_notify.rules._compile import TemplateExists, compile_conditions, compile_steps
+from crm_notify.rules._compile import (
+    TemplateExists,
+    compile_conditions,
+    compile_dedupe_key,
+    compile_steps,
+    guard_field_problems,
+    purpose_problems,
+)
 from crm_notify.rules._validation_errors import describe, validation_problems
 from crm_notify.rules.engine import RuleSet
-from crm_notify.rules.model import Rule, RulesFileSpec, RuleSpec
+from crm_notify.rules.model import BUILTIN_PURPOSES, Limit, Rule, RulesFileSpec, RuleSpec
 from crm_notify.rules.triggers import (
     CART_ACTIVITY_EVENTS,
     EventTrigger,
@@ -50,6 +58,7 @@ def load_rule_file(
     *,
     template_exists: TemplateExists | None = None,
     environment: BoundedSandboxEnvironment | None = None,
+    purposes: Sequence[str] = BUILTIN_PURPOSES,
 ) -> list[Rule]:
     """Load the rules of one file.
 
@@ -57,6 +66,7 @@ def load_rule_file(
         path: a rule file (one rule, or ``rules:`` with a list).
         template_exists: when given, called with every step's template to check that it exists.
         environment: the sandbox to compile conditions in (a default one when ``None``).
+        purposes: the purposes rules may name (``Settings.purpose_names``).
 
     Raises:
         RuleFileError: the first problem in the file (a note counts the others).
@@ -65,7 +75,7 @@ def load_rule_file(
         The file's rules, in file order.
     """
     environment = environment or BoundedSandboxEnvironment()
-    rules, problems = _load_file(path, environment, template_exists)
+    rules, problems = _load_file(path, environment, template_exists, purposes)
     seen: dict[str, Rule] = {}
     problems += _duplicate_names(rules, seen)
     _raise_first(problems)
@@ -73,13 +83,19 @@ def load_rule_file(
 
 
 def load_rules(
-    rules_dir_or_file: Path, *, template_exists: TemplateExists | None = None
+    rules_dir_or_file: Path,
+    *,
+    template_exists: TemplateExists | None = None,
+    purposes: Sequence[str] = BUILTIN_PURPOSES,
 ) -> RuleSet:
     """Load every rule file under a directory (recursively, sorted), or one file.
 
     Parameters:
         rules_dir_or_file: a directory of ``*.yaml``/``*.yml`` files, or a single file.
-        template_exists: when given, called with every step's template to check that it exists.
+        template_exists: when given, called with every step's and digest's template to check
+            that it exists.
+        purposes: the purposes rules may name (``Settings.purpose_names``); another purpose
+            is an error.
 
     Raises:
         RuleFileError: the first problem found: in a file, or a rule name used twice.
@@ -91,19 +107,26 @@ def load_rules(
     rules: list[Rule] = []
     seen: dict[str, Rule] = {}
     for path in rule_files(rules_dir_or_file):
-        loaded, problems = _load_file(path, environment, template_exists)
+        loaded, problems = _load_file(path, environment, template_exists, purposes)
         problems += _duplicate_names(loaded, seen)
         _raise_first(problems)
         rules += loaded
     return RuleSet(rules)
 
 
-def lint_rules(path: Path, *, template_exists: TemplateExists | None = None) -> list[RuleFileError]:
+def lint_rules(
+    path: Path,
+    *,
+    template_exists: TemplateExists | None = None,
+    purposes: Sequence[str] = BUILTIN_PURPOSES,
+) -> list[RuleFileError]:
     """Check rule files like :func:`load_rules`, collecting every problem instead of stopping.
 
     Parameters:
         path: a directory of rule files, or a single file.
-        template_exists: when given, called with every step's template to check that it exists.
+        template_exists: when given, called with every step's and digest's template to check
+            that it exists.
+        purposes: the purposes rules may name (``Settings.purpose_names``).
 
     Returns:
         The problems, by file then line; empty when all is well.
@@ -116,7 +139,7 @@ def lint_rules(path: Path, *, template_exists: TemplateExists | None = None) -> 
     problems: list[RuleFileError] = []
     seen: dict[str, Rule] = {}
     for file in paths:
-        loaded, file_problems = _load_file(file, environment, template_exists)
+        loaded, file_problems = _load_file(file, environment, template_exists, purposes)
         file_problems += _duplicate_names(loaded, seen)
         problems += sorted(file_problems, key=lambda err: err.line or 0)
     return problems
@@ -196,7 +219,10 @@ def _duplicate_names(rules: list[Rule], seen: dict[str, Rule]) -> list[RuleFileE
 
 
 def _load_file(
-    path: Path, environment: BoundedSandboxEnvironment, template_exists: TemplateExists | None
+    path: Path,
+    environment: BoundedSandboxEnvironment,
+    template_exists: TemplateExists | None,
+    purposes: Sequence[str],
 ) -> tuple[list[Rule], list[RuleFileError]]:
     """Return the valid rules of one file and the problems found in it."""
     try:
@@ -204,10 +230,22 @@ def _load_file(
     except RuleFileError as exc:
         return [], [exc]
     specs, problems = _validate(path, document)
+    unknown_purposes = purpose_problems(document, path=path, purposes=purposes)
+    problems += unknown_purposes.values()
     rules = []
     for prefix, spec in specs:
         conditions, rule_problems = compile_conditions(
             spec.when, (*prefix, "when"), document=document, path=path, environment=environment
+        )
+        dedupe_key, dedupe_problems = compile_dedupe_key(
+            spec.dedupe_key,
+            (*prefix, "dedupe_key"),
+            document=document,
+            path=path,
+            environment=environment,
+        )
+        rule_problems += dedupe_problems + guard_field_problems(
+            spec, prefix, document=document, path=path, template_exists=template_exists
         )
         steps, step_problems = compile_steps(
             spec,
@@ -226,7 +264,7 @@ def _load_file(
         )
         rule_problems += step_problems + exit_problems
         problems += rule_problems
-        if not rule_problems:
+        if not rule_problems and prefix not in unknown_purposes:
             rules.append(
                 Rule(
                     name=spec.name,
@@ -240,6 +278,11 @@ def _load_file(
                     dedupe_window=spec.dedupe_window,
                     purpose=spec.purpose,
                     channel=spec.channel,
+                    limit=Limit(spec.limit.count, spec.limit.per) if spec.limit else None,
+                    over_limit=spec.over_limit,
+                    digest_template=spec.digest_template,
+                    quiet_hours=spec.quiet_hours,
+                    dedupe_key=dedupe_key,
                     source_path=path,
                     source_line=document.line_for((*prefix, "name")) or 1,
                 )

@@ -26,8 +26,13 @@ list of such mappings). Fields::
     exit_when: "cart.status != 'open'"   # optional expression or list, same variables as `when`; checked before EVERY step: if ANY holds, the sequence stops
     cancel_on: [Order Completed]   # optional track event name(s) that cancel this rule's pending steps for the same entity (the cart or order id in the event), or the same contact when the rule has no entity
     dedupe_window: 30d             # optional, default 30d; order_status triggers: fires at most once per order and `to` status within it (a status flapping back and forth does not re-send); other triggers ignore it
-    purpose: transactional         # required: transactional | marketing
+    purpose: transactional         # required: transactional, marketing, or a purpose configured in CRM_NOTIFY_PURPOSES; every purpose but transactional needs consent
     channel: email                 # optional, default email (only email for now)
+    limit: {count: 1, per: 7d}     # optional: at most `count` sends of this rule per contact per `per` (> 0); shorthand "1/7d"
+    over_limit: drop               # optional, default drop: over a cap (this rule's limit or CRM_NOTIFY_MARKETING_LIMIT): drop (recorded) | defer (until the window allows) | digest (merged into one later message)
+    digest_template: weekly_digest # required with over_limit: digest, else not allowed: folder under templates/ of the digest message
+    quiet_hours: true              # optional: true (the configured CRM_NOTIFY_QUIET_HOURS) | false | {start: "21:00", end: "08:00"} (or "21:00-08:00"), in the contact's time zone; default: on for every purpose but transactional
+    dedupe_key: "{{ order.order_id }}"   # optional template (or bare expression), same variables as `when`: one notification per rule, contact and key; an empty or undefined key does not dedupe
 
 Files are read as YAML 1.2: ``on``, ``yes`` and ``NO`` are strings, only ``true``/``false`` are
 booleans. Values are not coerced: ``enabled: "yes"`` or ``event: 42`` is an error (quote it).
@@ -42,12 +47,14 @@ None may be negative; ``after``, ``not_after`` and ``dedupe_window`` must be mor
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import time, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+from jinja2 import Template, UndefinedError
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -59,6 +66,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from crm_notify.errors import ConditionError, RenderError
 from crm_notify.rules.durations import (
     DURATION_JSON_PATTERN,
     InvalidDurationError,
@@ -70,6 +78,7 @@ from crm_notify.rules.triggers import CART_ACTIVITY_EVENTS, IdleTrigger, Trigger
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from crm_notify.render.sandbox import BoundedSandboxEnvironment
     from crm_notify.rules.conditions import Condition
 
 #: What a rule name must look like.
@@ -82,6 +91,12 @@ TRIGGER_KEYS = ("order_status", "event", "identify", "idle_for")
 SINGLE_STEP_KEYS = ("template", "delay", "not_before", "not_after")
 #: How long an ``order_status`` rule stays quiet for an order and status it has fired for.
 DEFAULT_DEDUPE_WINDOW = timedelta(days=30)
+#: What a purpose name must look like (as ``CRM_NOTIFY_PURPOSES`` requires).
+PURPOSE_NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
+#: The purposes rules may name when no others are configured.
+BUILTIN_PURPOSES = ("transactional", "marketing")
+#: Longest rendered ``dedupe_key``.
+MAX_DEDUPE_KEY_CHARS = 255
 
 _ZERO = timedelta(0)
 
@@ -91,6 +106,210 @@ class Purpose(StrEnum):
 
     TRANSACTIONAL = "transactional"
     MARKETING = "marketing"
+
+
+class OverLimit(StrEnum):
+    """What happens to a send over a rate limit: dropped (and recorded), deferred until the
+    window allows it, or merged into one later digest message."""
+
+    DROP = "drop"
+    DEFER = "defer"
+    DIGEST = "digest"
+
+
+_LIMIT_TEXT = re.compile(r"\s*(?P<count>[^/\s]*)\s*/\s*(?P<per>\S*)\s*")
+_CLOCK = re.compile(r"(?P<hour>[01]?[0-9]|2[0-3]):(?P<minute>[0-5][0-9])")
+_WORDS = (
+    (timedelta(days=1), "day"),
+    (timedelta(hours=1), "hour"),
+    (timedelta(minutes=1), "minute"),
+    (timedelta(seconds=1), "second"),
+)
+
+
+class InvalidLimitError(ValueError):
+    """A limit that does not parse; ``reason`` says why, without repeating the text."""
+
+    def __init__(self, text: str, reason: str) -> None:
+        self.text = text
+        self.reason = reason
+        super().__init__(f"invalid limit {text!r}: {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """At most ``count`` sends per ``per`` of elapsed time (a sliding window)."""
+
+    count: int
+    per: timedelta
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise ValueError(f"a limit's count must be at least 1, got {self.count}")
+        if self.per <= _ZERO:
+            raise ValueError(f"a limit's window must be more than zero, got {self.per}")
+
+    def __str__(self) -> str:
+        return f"{self.count}/{format_duration(self.per)}"
+
+    def describe(self) -> str:
+        """The limit in words: ``1 per 7 days``, ``3 per day``, ``2 per 1d12h``."""
+        return f"{self.count} per {readable_duration(self.per).removeprefix('1 ')}"
+
+
+def readable_duration(delta: timedelta) -> str:
+    """Write a duration in words when it is a whole number of one unit (``7 days``,
+    ``1 day``, ``36 hours``), else as rule files do (``1d12h``)."""
+    for unit, word in _WORDS:
+        if delta >= unit and delta % unit == _ZERO:
+            count = delta // unit
+            return f"{count} {word}" + ("" if count == 1 else "s")
+    return format_duration(delta)
+
+
+def parse_limit(text: str) -> Limit:
+    """Parse ``COUNT/DURATION`` (``1/7d``, ``3/24h``) into a :class:`Limit`.
+
+    Raises:
+        InvalidLimitError: (a ``ValueError``) not of that form, a count below 1, or a duration
+            that does not parse or is not more than zero.
+
+    Returns:
+        The limit.
+    """
+    match = _LIMIT_TEXT.fullmatch(text)
+    if match is None:
+        raise InvalidLimitError(text, "write COUNT/DURATION, e.g. 1/7d or 3/24h")
+    count, per = match["count"], match["per"]
+    if not count.isdigit() or not count.isascii() or int(count) < 1 or len(count) > 9:
+        raise InvalidLimitError(text, f"the count should be a whole number from 1, got {count!r}")
+    try:
+        window = parse_duration(per)
+    except InvalidDurationError as exc:
+        raise InvalidLimitError(text, f"{exc.message} ({exc.suggestion})") from exc
+    if window <= _ZERO:
+        raise InvalidLimitError(text, f"the duration must be more than zero, got {per!r}")
+    return Limit(int(count), window)
+
+
+@dataclass(frozen=True, slots=True)
+class QuietWindow:
+    """A daily quiet window in local time; it wraps midnight when ``end`` is before ``start``
+    (``21:00-08:00``). ``start`` is inside it, ``end`` is not.
+
+    Raises:
+        ValueError: ``start`` equals ``end``, or a time has a zone or seconds.
+    """
+
+    start: time
+    end: time
+
+    def __post_init__(self) -> None:
+        for value in (self.start, self.end):
+            if value.tzinfo is not None or value.second or value.microsecond:
+                raise ValueError(f"quiet hours are whole minutes of local time, got {value}")
+        if self.start == self.end:
+            raise ValueError(f"quiet hours start and end at the same time ({self.start:%H:%M})")
+
+    def __str__(self) -> str:
+        return f"{self.start:%H:%M}-{self.end:%H:%M}"
+
+    def contains(self, clock: time) -> bool:
+        """Whether the local wall-clock time ``clock`` is inside the window."""
+        clock = clock.replace(tzinfo=None, fold=0)
+        if self.start < self.end:
+            return self.start <= clock < self.end
+        return clock >= self.start or clock < self.end
+
+
+def parse_clock(text: str) -> time:
+    """Parse a wall-clock time ``HH:MM`` (``8:00`` too), 00:00 to 23:59.
+
+    Raises:
+        ValueError: anything else.
+    """
+    match = _CLOCK.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"invalid time {text!r}: use HH:MM from 00:00 to 23:59, e.g. 21:00")
+    return time(int(match["hour"]), int(match["minute"]))
+
+
+def parse_quiet_hours(text: str) -> QuietWindow | None:
+    """Parse ``HH:MM-HH:MM`` (``21:00-08:00``) into a window; empty text means none.
+
+    Raises:
+        ValueError: not of that form, or start equals end.
+
+    Returns:
+        The window, or ``None`` for empty text.
+    """
+    if not text.strip():
+        return None
+    start, dash, end = text.partition("-")
+    if not dash:
+        raise ValueError(f"invalid quiet hours {text!r}: use HH:MM-HH:MM, e.g. 21:00-08:00")
+    return QuietWindow(parse_clock(start), parse_clock(end))
+
+
+class DedupeKey:
+    """A rule's compiled ``dedupe_key``; built by the loader.
+
+    Parameters:
+        source: the key as written, e.g. ``"{{ order.order_id }}"``.
+        template: the sandbox's compiled template.
+        environment: the sandbox that compiled it (its bounds apply).
+        path: the rule file, for error messages.
+        line: the line of the key in that file.
+    """
+
+    __slots__ = ("_environment", "_template", "line", "path", "source")
+
+    def __init__(
+        self,
+        source: str,
+        template: Template,
+        environment: BoundedSandboxEnvironment,
+        *,
+        path: Path,
+        line: int | None,
+    ) -> None:
+        self.source = source
+        self._template = template
+        self._environment = environment
+        self.path = path
+        self.line = line
+
+    def __repr__(self) -> str:
+        return f"DedupeKey({self.source!r})"
+
+    def render(self, context: Mapping[str, Any]) -> str | None:
+        """Render the key with ``context``, stripped of surrounding white space.
+
+        Parameters:
+            context: the variables ``event``, ``contact``, ``order``, ``cart``.
+
+        Raises:
+            ConditionError: rendering failed (other than an undefined value), or the key is
+                longer than :data:`MAX_DEDUPE_KEY_CHARS`.
+
+        Returns:
+            The key; ``None`` when it is empty or reads an undefined value (no dedupe then).
+        """
+        location = f"{self.path}:{self.line}" if self.line else str(self.path)
+        try:
+            text = self._environment.render(self._template, context).strip()
+        except RenderError as exc:
+            if isinstance(exc.__cause__, UndefinedError):
+                return None
+            raise ConditionError(
+                f"{location}: dedupe_key {self.source[:80]!r} failed: {exc}"
+            ) from exc
+        if len(text) > MAX_DEDUPE_KEY_CHARS:
+            raise ConditionError(
+                f"{location}: dedupe_key {self.source[:80]!r} is {len(text)} characters long; "
+                f"the limit is {MAX_DEDUPE_KEY_CHARS}"
+            )
+        return text or None
 
 
 def _one_or_many(value: Any) -> Any:
@@ -187,6 +406,106 @@ _PositiveDuration = Annotated[
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class LimitSpec(_Spec):
+    """``limit``: at most ``count`` sends of the rule per contact per ``per``."""
+
+    model_config = ConfigDict(title="Limit")
+
+    count: Annotated[int, Field(ge=1, le=1_000_000)]
+    per: _PositiveDuration
+
+
+def _limit_value(value: Any) -> Any:
+    """Pydantic before-validator: the ``"1/7d"`` shorthand of ``{count: 1, per: 7d}``."""
+    if not isinstance(value, str):
+        return value
+    try:
+        limit = parse_limit(value)
+    except InvalidLimitError as exc:
+        raise PydanticCustomError(
+            "limit_parsing", "is not valid: {reason}", {"reason": exc.reason}
+        ) from exc
+    return {"count": limit.count, "per": limit.per}
+
+
+def _quiet_hours_value(value: Any) -> bool | QuietWindow:
+    """Pydantic before-validator: ``true``, ``false``, ``{start: "21:00", end: "08:00"}`` or
+    ``"21:00-08:00"``."""
+    if isinstance(value, bool | QuietWindow):
+        return value
+    try:
+        if isinstance(value, str):
+            window = parse_quiet_hours(value)
+            if window is not None:
+                return window
+        elif isinstance(value, dict) and set(value) == {"start", "end"}:
+            start, end = value["start"], value["end"]
+            if isinstance(start, str) and isinstance(end, str):
+                return QuietWindow(parse_clock(start), parse_clock(end))
+    except ValueError as exc:
+        raise PydanticCustomError(
+            "quiet_hours", "is not valid: {reason}", {"reason": str(exc)}
+        ) from exc
+    raise PydanticCustomError(
+        "quiet_hours_type",
+        'should be true, false or {start: "21:00", end: "08:00"} (quoted HH:MM times)',
+    )
+
+
+_LIMIT_SCHEMA = {
+    "anyOf": [
+        {
+            "type": "string",
+            "pattern": r"^\s*[0-9]+\s*/\s*\S+\s*$",
+            "examples": ["1/7d", "3/24h"],
+            "description": "COUNT/DURATION",
+        },
+        {
+            "type": "object",
+            "properties": {
+                "count": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+                "per": _POSITIVE_DURATION_SCHEMA,
+            },
+            "required": ["count", "per"],
+            "additionalProperties": False,
+        },
+    ],
+    "description": "At most `count` sends of this rule per contact per `per` (a sliding window)",
+}
+_CLOCK_SCHEMA = {"type": "string", "pattern": r"^([01]?[0-9]|2[0-3]):[0-5][0-9]$"}
+_QUIET_HOURS_SCHEMA = {
+    "anyOf": [
+        {"type": "boolean"},
+        {
+            "type": "object",
+            "properties": {"start": _CLOCK_SCHEMA, "end": _CLOCK_SCHEMA},
+            "required": ["start", "end"],
+            "additionalProperties": False,
+        },
+        {
+            "type": "string",
+            "pattern": r"^([01]?[0-9]|2[0-3]):[0-5][0-9]-([01]?[0-9]|2[0-3]):[0-5][0-9]$",
+        },
+    ],
+    "description": "Defer sends inside these local hours of the contact: true (the configured "
+    "window), false, or a window; default: on for every purpose but transactional",
+}
+_PURPOSE_SCHEMA = {
+    "type": "string",
+    "pattern": PURPOSE_NAME_PATTERN,
+    "examples": list(BUILTIN_PURPOSES),
+    "description": "transactional, marketing, or a purpose configured in CRM_NOTIFY_PURPOSES",
+}
+#: ``limit``: a mapping or the ``COUNT/DURATION`` shorthand; validated to a ``LimitSpec``.
+_LimitField = Annotated[LimitSpec, BeforeValidator(_limit_value), WithJsonSchema(_LIMIT_SCHEMA)]
+#: ``quiet_hours``: validated to ``True``, ``False`` or a ``QuietWindow``.
+_QuietHours = Annotated[
+    bool | QuietWindow,
+    BeforeValidator(_quiet_hours_value),
+    WithJsonSchema(_QUIET_HOURS_SCHEMA),
+]
 
 
 class OrderStatusSpec(_Spec):
@@ -289,8 +608,13 @@ class RuleSpec(_Spec):
     dedupe_window: _PositiveDuration = Field(
         default=DEFAULT_DEDUPE_WINDOW, json_schema_extra={"default": "30d"}
     )
-    purpose: Purpose = Field(strict=False)
+    purpose: Annotated[str, WithJsonSchema(_PURPOSE_SCHEMA)]
     channel: Literal["email"] = "email"
+    limit: _LimitField | None = None
+    over_limit: OverLimit = Field(default=OverLimit.DROP, strict=False)
+    digest_template: Annotated[str, Field(pattern=TEMPLATE_NAME_PATTERN)] | None = None
+    quiet_hours: _QuietHours | None = None
+    dedupe_key: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
 
 
 class RulesFileSpec(_Spec):
@@ -339,6 +663,8 @@ class Rule:
     A rule always has at least one step. Give either ``steps`` or only ``template`` (which
     becomes one step sent at once); ``template`` is always the first step's template.
     ``source_path`` and ``source_line`` locate it (the line of its ``name``) for messages.
+    ``quiet_hours`` ``None`` means the default: on (the configured window) for every purpose
+    but ``transactional``.
 
     Raises:
         ValueError: neither ``template`` nor ``steps``, or a ``template`` that is not the first
@@ -355,8 +681,13 @@ class Rule:
     exit_conditions: tuple[Condition, ...] = ()
     cancel_on: frozenset[str] = frozenset()
     dedupe_window: timedelta = DEFAULT_DEDUPE_WINDOW
-    purpose: Purpose
+    purpose: str
     channel: str = "email"
+    limit: Limit | None = None
+    over_limit: OverLimit = OverLimit.DROP
+    digest_template: str | None = None
+    quiet_hours: bool | QuietWindow | None = None
+    dedupe_key: DedupeKey | None = None
     source_path: Path = field(default_factory=Path)
     source_line: int = 0
 

@@ -37,9 +37,10 @@ Each case runs on a fresh in-memory SQLite database with the real intake and sch
 rules under test. The clock is frozen (freezegun) and jumps from one moment that matters to
 the next: the next call's arrival, or the next pending timer's due time, until ``until``
 (inclusive); at each moment the calls arriving then are ingested, one request each, and a
-scheduler pass runs. ``consent`` is honoured by a :class:`CaseConsentPolicy` given to the
-intake and the scheduler, standing in for the consent ledger (today :class:`SendPolicy`
-refuses every marketing send). Notifications are decided, not rendered or delivered.
+scheduler pass runs. The send policy is the configured one (quiet hours, limits), its consent
+guard a :class:`CaseConsentGuard` that also counts the case's ``consent`` list as grants;
+calls may record consent too (Segment ``context.consent``, consent traits). Notifications are
+decided, not rendered or delivered.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from freezegun import freeze_time
 
 from crm_notify.db import import_models
 from crm_notify.errors import RuleFileError
+from crm_notify.guards import SendPolicy
 from crm_notify.rules._testing_load import (
     DEFAULT_RUN_AFTER,
     DEFAULT_START,
@@ -62,10 +64,11 @@ from crm_notify.rules._testing_load import (
 )
 from crm_notify.rules._testing_run import (
     AT_TOLERANCE,
-    CaseConsentPolicy,
+    CaseConsentGuard,
     CaseResult,
     DecisionNote,
     Sent,
+    case_policy,
     run_case,
 )
 from crm_notify.rules.engine import RuleSet
@@ -75,7 +78,7 @@ __all__ = [
     "AT_TOLERANCE",
     "DEFAULT_RUN_AFTER",
     "DEFAULT_START",
-    "CaseConsentPolicy",
+    "CaseConsentGuard",
     "CaseResult",
     "DecisionNote",
     "Expectation",
@@ -83,6 +86,7 @@ __all__ = [
     "RuleTestCase",
     "RuleTestFile",
     "Sent",
+    "case_policy",
     "exit_status",
     "find_rule_tests",
     "format_results",
@@ -130,12 +134,15 @@ def find_rule_tests(path: Path) -> list[Path]:
     return sorted(found, key=lambda file: file.relative_to(path).as_posix())
 
 
-def run_rule_tests(paths: Sequence[Path], *, rules: RuleSet) -> list[FileResult]:
+def run_rule_tests(
+    paths: Sequence[Path], *, rules: RuleSet, policy: SendPolicy | None = None
+) -> list[FileResult]:
     """Load and run the cases of each test file, on a simulated clock.
 
     Parameters:
         paths: rule test files.
         rules: the rules under test.
+        policy: the send policy as configured (quiet hours, limits); default: the standard one.
 
     Returns:
         One result per file, in order.
@@ -150,7 +157,7 @@ def run_rule_tests(paths: Sequence[Path], *, rules: RuleSet) -> list[FileResult]
             if loaded is None:
                 results.append(FileResult(path=path, problems=tuple(problems)))
                 continue
-            cases = tuple(run_case(case, rules, clock) for case in loaded.cases)
+            cases = tuple(run_case(case, rules, clock, policy=policy) for case in loaded.cases)
             results.append(FileResult(path=path, cases=cases))
     return results
 

@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlmodel import Session, select
 
 from crm_notify.clock import now
 from crm_notify.commerce.models import Cart
 from crm_notify.contacts.models import Contact
+from crm_notify.contacts.repository import contact_data
 from crm_notify.context import current_context, stored_event_data
 from crm_notify.decisions import decide_send, failing_condition, holding_exit, skip
 from crm_notify.events.models import Event
-from crm_notify.guards.policy import SendPolicy
-from crm_notify.outbox.models import DecisionOutcome
+from crm_notify.guards import SendPolicy
 from crm_notify.rules.engine import RuleSet
 from crm_notify.rules.model import Rule
 from crm_notify.rules.triggers import IdleTrigger
 from crm_notify.timers import repository
-from crm_notify.timers.models import Timer, TimerStatus
+from crm_notify.timers.models import Timer, TimerKind, TimerStatus
 
 
 def step_due_at(rule: Rule, step_index: int, trigger_at: datetime) -> datetime:
@@ -71,12 +72,12 @@ class TimerFiring:
 
     Parameters:
         rules: the loaded rules (a timer whose rule is gone or disabled is cancelled).
-        policy: the guards a send passes.
+        policy: the guards a send passes (default: the standard policy, default options).
     """
 
     def __init__(self, *, rules: RuleSet, policy: SendPolicy | None = None) -> None:
         self._rules = rules
-        self._policy = policy or SendPolicy()
+        self._policy = policy or SendPolicy.standard()
 
     def __call__(self, session: Session, timer: Timer) -> list[int]:
         """Decide and record what ``timer`` does now; return new notification ids."""
@@ -84,6 +85,8 @@ class TimerFiring:
         if rule is None or not rule.enabled or timer.step >= len(rule.steps):
             self._finish(session, timer, TimerStatus.CANCELLED, "rule removed or disabled")
             return []
+        if timer.kind == TimerKind.DIGEST:
+            return self._fire_digest(session, rule, timer)
         step = rule.steps[timer.step]
         contact = session.get(Contact, timer.contact_id) if timer.contact_id else None
         event_row = session.get(Event, timer.event_id) if timer.event_id else None
@@ -91,19 +94,23 @@ class TimerFiring:
         cart_id = timer.entity_id if timer.entity_type == "cart" else None
         context = current_context(session, event=event, contact=contact, cart_id=cart_id)
         contact_id = contact.id if contact else None
+        deferred = timer.kind == TimerKind.DEFERRED
 
         def record(status: TimerStatus, reason: str) -> list[int]:
-            outcome = DecisionOutcome.SKIP
             skip(
                 session,
                 rule=rule,
                 reason=f"{step.name}: {reason}",
                 event_id=timer.event_id,
                 contact_id=contact_id,
-                outcome=outcome,
             )
             self._finish(session, timer, status, reason)
             return []
+
+        def then_next(ids: list[int]) -> list[int]:
+            if not deferred:  # a deferred send's step already scheduled the next one
+                self._schedule_next(session, rule, timer)
+            return ids
 
         if isinstance(rule.trigger, IdleTrigger) and cart_id is not None:
             # Newer qualifying activity already cancelled this timer; only a vanished cart is
@@ -121,20 +128,19 @@ class TimerFiring:
         moment = now()
         if step.not_after is not None and moment > timer.trigger_at + step.not_after:
             latest = timer.trigger_at + step.not_after
-            reason = f"send window closed at {latest:%Y-%m-%d %H:%M} UTC"
-            ids = record(TimerStatus.DROPPED, reason)
-            self._schedule_next(session, rule, timer)
-            return ids
-        first_of_idle = isinstance(rule.trigger, IdleTrigger) and timer.step == 0
-        conditions = (*rule.conditions, *step.conditions) if first_of_idle else step.conditions
-        failed = failing_condition(conditions, context)
-        if failed is not None:
-            if first_of_idle:
-                # The idle rule's own condition decides whether the sequence starts at all.
-                return record(TimerStatus.CANCELLED, failed)
-            ids = record(TimerStatus.SKIPPED, failed)
-            self._schedule_next(session, rule, timer)
-            return ids
+            return then_next(
+                record(TimerStatus.DROPPED, f"send window closed at {latest:%Y-%m-%d %H:%M} UTC")
+            )
+        if not deferred:  # a deferred send passed its conditions when it was decided
+            first_of_idle = isinstance(rule.trigger, IdleTrigger) and timer.step == 0
+            conditions = (*rule.conditions, *step.conditions) if first_of_idle else step.conditions
+            failed = failing_condition(conditions, context)
+            if failed is not None:
+                if first_of_idle:
+                    # The idle rule's own condition decides whether the sequence starts at all.
+                    return record(TimerStatus.CANCELLED, failed)
+                return then_next(record(TimerStatus.SKIPPED, failed))
+        payload = timer.payload or {}
         notification_id = decide_send(
             session,
             rule=rule,
@@ -142,17 +148,45 @@ class TimerFiring:
             contact=contact,
             context=context,
             event_id=timer.event_id,
+            idempotency_key=payload.get("idempotency_key") or f"timer:{timer.id}",
+            policy=self._policy,
+            timer=timer,
+        )
+        return then_next(self._finish_send(session, timer, notification_id))
+
+    def _fire_digest(self, session: Session, rule: Rule, timer: Timer) -> list[int]:
+        """Send the sends collected over a rate limit as one message."""
+        contact = session.get(Contact, timer.contact_id) if timer.contact_id else None
+        items = list((timer.payload or {}).get("items", []))
+        context: dict[str, Any] = {
+            "event": None,
+            "contact": contact_data(contact) if contact else None,
+            "order": None,
+            "cart": None,
+            "digest": {"items": items, "count": len(items)},
+        }
+        notification_id = decide_send(
+            session,
+            rule=rule,
+            step_index=0,
+            contact=contact,
+            context=context,
+            event_id=None,
             idempotency_key=f"timer:{timer.id}",
             policy=self._policy,
-            dedupe_key=timer.dedupe_key,
-            timer_id=timer.id,
+            timer=timer,
+            template=rule.digest_template or rule.template,
         )
+        return self._finish_send(session, timer, notification_id)
+
+    def _finish_send(
+        self, session: Session, timer: Timer, notification_id: int | None
+    ) -> list[int]:
         if notification_id is None:
-            self._finish(session, timer, TimerStatus.SKIPPED, "not sent (see decision log)")
-        else:
-            self._finish(session, timer, TimerStatus.FIRED, f"notification {notification_id}")
-        self._schedule_next(session, rule, timer)
-        return [notification_id] if notification_id is not None else []
+            self._finish(session, timer, TimerStatus.SKIPPED, "not sent now (see decision log)")
+            return []
+        self._finish(session, timer, TimerStatus.FIRED, f"notification {notification_id}")
+        return [notification_id]
 
     @staticmethod
     def _finish(session: Session, timer: Timer, status: TimerStatus, reason: str) -> None:

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import re
 import textwrap
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
 from crm_notify.cli import rules_test
 from crm_notify.contacts.models import Contact
-from crm_notify.guards.policy import SendPolicy
+from crm_notify.guards import SendAttempt
+from crm_notify.guards.consent import ConsentGuard
 from crm_notify.render.templates import TemplateStore
 from crm_notify.rules import testing
 from crm_notify.rules.loader import load_rules, rule_files
 from crm_notify.rules.testing import (
-    CaseConsentPolicy,
+    CaseConsentGuard,
     FileResult,
     exit_status,
     find_rule_tests,
@@ -234,21 +238,34 @@ def test_failing_case_shows_expected_got_diff_and_decisions(rules_dir: Path) -> 
         "       expected: cart abandoned_cart (any time)",
         "       got:      (none)",
         "       decisions:",
-        "         +2d cart skip: no marketing consent recorded for this contact",
+        "         +2d cart skip: no marketing consent recorded",
         "2 cases, 2 failed",
     ]
     assert exit_status(results) == 1
 
 
-def test_consent_policy_only_opens_the_listed_purposes_of_the_case_contact() -> None:
+def test_case_consent_guard_only_opens_the_listed_purposes_of_the_case_contact(
+    engine: Engine,
+) -> None:
     rule = next(r for r in load_rules(SAMPLES).rules if r.name == "abandoned-cart")
-    policy = CaseConsentPolicy(user_id="u1", purposes=frozenset({rule.purpose}))
-    assert policy.check(rule=rule, contact=Contact(user_id="u1")) is None
-    refusal = SendPolicy().check(rule=rule, contact=Contact(user_id="u1"))
-    assert refusal is not None
-    assert policy.check(rule=rule, contact=Contact(user_id="u2")) == refusal
-    closed = CaseConsentPolicy(user_id="u1", purposes=frozenset())
-    assert closed.check(rule=rule, contact=Contact(user_id="u1")) == refusal
+
+    def attempt(user_id: str) -> SendAttempt:
+        return SendAttempt(
+            rule_name=rule.name,
+            purpose=str(rule.purpose),
+            contact=Contact(id=1, user_id=user_id),
+            moment=datetime.now(UTC),
+            rule=rule,
+        )
+
+    opened = CaseConsentGuard(user_id="u1", purposes=frozenset({str(rule.purpose)}))
+    closed = CaseConsentGuard(user_id="u1", purposes=frozenset())
+    with Session(engine) as session:
+        assert opened.check(session, attempt("u1")) is None
+        refusal = ConsentGuard().check(session, attempt("u1"))
+        assert refusal is not None and refusal.reason == "no marketing consent recorded"
+        assert opened.check(session, attempt("u2")) == refusal
+        assert closed.check(session, attempt("u1")) == refusal
 
 
 def test_call_the_intake_refuses_is_an_error_at_its_line(rules_dir: Path) -> None:

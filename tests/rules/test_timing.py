@@ -570,7 +570,7 @@ def test_abandoned_cart_sample_loads() -> None:
 
     # Then it is the documented two-step marketing sequence on an idle cart
     assert rule is not None
-    assert rule.purpose is Purpose.MARKETING
+    assert rule.purpose == Purpose.MARKETING
     assert rule.trigger == IdleTrigger(
         entity="cart", after=timedelta(hours=48), activity=CART_ACTIVITY_EVENTS
     )
