@@ -13,8 +13,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from crm_notify.errors import ConfigurationError
 
@@ -190,6 +190,23 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL, e.g. https://notify.shop.example")
         return value.rstrip("/")
 
+    @field_validator("quiet_hours")
+    @classmethod
+    def _check_quiet_hours(cls, value: str) -> str:
+        from crm_notify.rules.model import parse_quiet_hours
+
+        parse_quiet_hours(value)  # ValueError says what is wrong
+        return value.strip()
+
+    @field_validator("marketing_limit")
+    @classmethod
+    def _check_marketing_limit(cls, value: str) -> str:
+        from crm_notify.rules.model import parse_limit
+
+        if value.strip():
+            parse_limit(value)  # ValueError says what is wrong
+        return value.strip()
+
     @field_validator("default_timezone")
     @classmethod
     def _check_timezone(cls, value: str) -> str:
@@ -200,6 +217,21 @@ class Settings(BaseSettings):
                 f"unknown time zone {value!r} (use an IANA name such as Europe/Warsaw)"
             ) from exc
         return value
+
+    @model_validator(mode="after")
+    def _check_consent_purposes(self) -> Settings:
+        for name, mapping in (
+            ("consent_categories", self.consent_categories),
+            ("consent_traits", self.consent_traits),
+        ):
+            for key, purpose in mapping.items():
+                if purpose not in self.purpose_names or purpose == "transactional":
+                    raise ValueError(
+                        f"{ENV_PREFIX}{name.upper()}: {key!r} maps to {purpose!r}, which is not "
+                        f"a purpose needing consent (configured: {self.purposes}; add it to "
+                        f"{ENV_PREFIX}PURPOSES)"
+                    )
+        return self
 
     @property
     def purpose_names(self) -> tuple[str, ...]:
@@ -239,9 +271,17 @@ def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
         if env_file is not None:
             return Settings(_env_file=env_file, **overrides)
         return Settings(**overrides)
+    except SettingsError as exc:
+        # A JSON setting (CRM_NOTIFY_CONSENT_CATEGORIES, ...) that is not JSON.
+        raise ConfigurationError(f"invalid settings: {exc} (it must be a JSON object)") from exc
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            name = ENV_PREFIX + "_".join(str(part) for part in error["loc"]).upper()
-            problems.append(f"{name}: {error['msg']}")
+            message = error["msg"].removeprefix("Value error, ")
+            if not error["loc"]:  # a check across settings names its variables itself
+                problems.append(message)
+                continue
+            first, *rest = [str(part) for part in error["loc"]]
+            where = f" ({'.'.join(rest)})" if rest else ""
+            problems.append(f"{ENV_PREFIX}{first.upper()}{where}: {message}")
         raise ConfigurationError("invalid settings:\n  " + "\n  ".join(problems)) from exc

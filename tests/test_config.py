@@ -52,3 +52,41 @@ def test_missing_env_file_is_an_error(tmp_path) -> None:  # type: ignore[no-unty
 def test_postgres_urls_use_psycopg() -> None:
     settings = load_settings(None, database_url="postgres://u@h/db")
     assert settings.database_url == "postgresql+psycopg://u@h/db"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("CRM_NOTIFY_QUIET_HOURS", "25:00-08:00", "CRM_NOTIFY_QUIET_HOURS: invalid time '25:00'"),
+        ("CRM_NOTIFY_MARKETING_LIMIT", "abc", "CRM_NOTIFY_MARKETING_LIMIT: invalid limit 'abc'"),
+        ("CRM_NOTIFY_PURPOSES", "News Letter", "CRM_NOTIFY_PURPOSES: purpose 'News Letter'"),
+        ("CRM_NOTIFY_DEFAULT_TIMEZONE", "Mars/Olympus", "unknown time zone 'Mars/Olympus'"),
+        ("CRM_NOTIFY_SECRET_KEY", "short", "CRM_NOTIFY_SECRET_KEY: must be at least 32"),
+        ("CRM_NOTIFY_PUBLIC_URL", "notify.example", "CRM_NOTIFY_PUBLIC_URL: must be an http"),
+        ("CRM_NOTIFY_CONSENT_CATEGORIES", "not json", "must be a JSON object"),
+        (
+            "CRM_NOTIFY_CONSENT_CATEGORIES",
+            '{"ads": "advertising"}',
+            "CRM_NOTIFY_CONSENT_CATEGORIES: 'ads' maps to 'advertising'",
+        ),
+    ],
+)
+def test_guard_settings_are_checked_with_the_variable_named(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError) as excinfo:
+        load_settings()
+    assert expected in str(excinfo.value)
+
+
+def test_custom_purposes_keep_the_built_in_ones_and_consent_may_map_to_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CRM_NOTIFY_PURPOSES", "newsletter, marketing")
+    monkeypatch.setenv("CRM_NOTIFY_CONSENT_CATEGORIES", '{"news": "newsletter"}')
+    monkeypatch.setenv("CRM_NOTIFY_PORT", "9000")
+    settings = load_settings()
+    assert settings.purpose_names == ("transactional", "marketing", "newsletter")
+    assert settings.consent_categories == {"news": "newsletter"}
+    assert settings.base_url == "http://127.0.0.1:9000"
