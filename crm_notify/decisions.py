@@ -20,14 +20,11 @@ from crm_notify.contacts.models import Contact
 from crm_notify.errors import ConditionError
 from crm_notify.guards import PlannedSend, SendAttempt, SendPolicy, Verdict
 from crm_notify.outbox import repository
-from crm_notify.outbox.models import DecisionOutcome, Notification, NotificationStatus
+from crm_notify.outbox.models import DecisionOutcome, Notification
 from crm_notify.rules.conditions import Condition
 from crm_notify.rules.durations import format_duration
 from crm_notify.rules.model import Rule
 from crm_notify.timers.models import Timer, TimerKind, TimerStatus
-
-#: Statuses of notifications that no longer count as sent (for dedupe and limits).
-NOT_SENT = (NotificationStatus.CANCELLED.value, NotificationStatus.FAILED.value)
 
 
 def failing_condition(conditions: Sequence[Condition], context: dict[str, Any]) -> str | None:
@@ -222,8 +219,15 @@ def add_to_digest(
 
 def digest_item(context: dict[str, Any]) -> dict[str, Any]:
     """What a digest keeps of one send: its template data without the contact (the digest
-    renders with the contact as it is when it goes out)."""
-    return {key: value for key, value in context.items() if key != "contact"}
+    renders with the contact as it is when it goes out), and of the event only its name,
+    properties and time (not the context's IP and user agent, nor traits)."""
+    item = {key: value for key, value in context.items() if key not in ("contact", "event")}
+    event = context.get("event")
+    if isinstance(event, dict):
+        item["event"] = {
+            key: event.get(key) for key in ("type", "event", "name", "properties", "timestamp")
+        }
+    return item
 
 
 def decide_send(

@@ -21,6 +21,9 @@ import redis
 from crm_notify.errors import EspTransientError
 from crm_notify.esp.base import EspAdapter, SendResult
 
+#: Longest a send waits for the rate limiter before it is retried later instead.
+DEFAULT_MAX_WAIT_S = 60.0
+
 
 def window_for(rate_per_s: float) -> tuple[int, float]:
     """The (messages, seconds) sliding window enforcing ``rate_per_s``.
@@ -38,8 +41,9 @@ def window_for(rate_per_s: float) -> tuple[int, float]:
 class SendRateLimiter:
     """Base class of sending-rate limiters; subclasses implement :meth:`acquire`."""
 
-    def acquire(self) -> None:
-        """Block until one more message may be sent, and count it."""
+    def acquire(self, max_wait_s: float) -> bool:
+        """Block until one more message may be sent, and count it; ``False`` (nothing counted)
+        when that would take longer than ``max_wait_s``."""
         raise NotImplementedError(f"{type(self).__name__}.acquire")
 
     def close(self) -> None:
@@ -58,8 +62,9 @@ class LocalSendRateLimiter(SendRateLimiter):
         self._sent: collections.deque[float] = collections.deque()
         self._lock = threading.Lock()
 
-    def acquire(self) -> None:
-        """Block until the window has room, then take a slot."""
+    def acquire(self, max_wait_s: float) -> bool:
+        """Block until the window has room, then take a slot (see the base class)."""
+        deadline = time.monotonic() + max_wait_s
         while True:
             with self._lock:
                 moment = time.monotonic()
@@ -67,8 +72,10 @@ class LocalSendRateLimiter(SendRateLimiter):
                     self._sent.popleft()
                 if len(self._sent) < self.limit:
                     self._sent.append(moment)
-                    return
+                    return True
                 wait_s = self._sent[0] + self.window_s - moment
+            if moment + wait_s > deadline:
+                return False
             time.sleep(max(wait_s, 0.001))
 
 
@@ -106,18 +113,21 @@ class RedisSendRateLimiter(SendRateLimiter):
         self._client = client
         self._script = client.register_script(_ACQUIRE_SCRIPT)
 
-    def acquire(self) -> None:
-        """Block until the shared window has room, then take a slot.
+    def acquire(self, max_wait_s: float) -> bool:
+        """Block until the shared window has room, then take a slot (see the base class).
 
         Raises:
             redis.RedisError: Redis cannot be reached.
         """
         window_us = round(self.window_s * 1_000_000)
+        deadline = time.monotonic() + max_wait_s
         while True:
             member = uuid.uuid4().hex
             wait_us = int(self._script(keys=[self.key], args=[self.limit, window_us, member]))
             if wait_us == 0:
-                return
+                return True
+            if time.monotonic() + wait_us / 1_000_000 > deadline:
+                return False
             time.sleep(wait_us / 1_000_000)
 
 
@@ -128,6 +138,9 @@ class RateLimitedAdapter(EspAdapter):
         inner: the adapter that delivers.
         rate_per_s: messages per second (``CRM_NOTIFY_ESP_RATE``).
         limiter: the shared limiter; a :class:`LocalSendRateLimiter` when ``None``.
+        max_wait_s: longest wait for a slot; then the attempt fails as transient and is
+            retried later. It must stay well below the sending lease, or a message waiting
+            here could be claimed and sent by another worker meanwhile.
     """
 
     def __init__(
@@ -136,8 +149,10 @@ class RateLimitedAdapter(EspAdapter):
         *,
         rate_per_s: float,
         limiter: SendRateLimiter | None = None,
+        max_wait_s: float = DEFAULT_MAX_WAIT_S,
     ) -> None:
         self.inner = inner
+        self.max_wait_s = max_wait_s
         self.name = inner.name
         self.rate_per_s = rate_per_s
         self.limiter = limiter or LocalSendRateLimiter(rate_per_s)
@@ -167,6 +182,12 @@ class RateLimitedAdapter(EspAdapter):
 
     def _acquire(self) -> None:
         try:
-            self.limiter.acquire()
+            acquired = self.limiter.acquire(self.max_wait_s)
         except redis.RedisError as exc:
             raise EspTransientError(self.name, f"sending-rate limiter unavailable: {exc}") from exc
+        if not acquired:
+            raise EspTransientError(
+                self.name,
+                f"sending rate {self.rate_per_s}/s: no slot within {self.max_wait_s:g} s",
+                retry_after_s=self.max_wait_s,
+            )

@@ -9,14 +9,15 @@ keeps it in that contact's traits and events), and notifications sent to the add
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import SQLModel, and_, col, or_, select
+from sqlmodel import Session, SQLModel, and_, col, or_, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from crm_notify._json import jsonable
+from crm_notify.commerce.models import Cart, Order
 from crm_notify.contacts.models import Contact
 from crm_notify.events.models import Event
 from crm_notify.outbox.models import Notification
@@ -63,6 +64,38 @@ def notification_ids(contact: Contact) -> SelectOfScalar[int | None]:
     if contact.email:
         conditions.append(sa.func.lower(Notification.to_address) == contact.email.lower())
     return select(col(Notification.id)).where(or_(*conditions))
+
+
+def commerce_keys(session: Session, event_ids: Sequence[int]) -> tuple[set[str], set[str]]:
+    """The order and cart ids (``properties.order_id`` / ``cart_id``) the events name."""
+    orders: set[str] = set()
+    carts: set[str] = set()
+    for payload in session.exec(select(Event.payload).where(col(Event.id).in_(event_ids))):
+        properties = (payload or {}).get("properties") or {}
+        for key, found in (("order_id", orders), ("cart_id", carts)):
+            value = properties.get(key)
+            if isinstance(value, (str, int)) and not isinstance(value, bool):
+                found.add(str(value))
+    return orders, carts
+
+
+def orders_of(contact: Contact, order_keys: set[str]) -> Any:
+    """A condition on ``order``: the contact's orders, unlinked ones their events name (a guest
+    checkout before sign-up), and any that mention their address."""
+    return or_(
+        Order.contact_id == contact.id,
+        and_(col(Order.contact_id).is_(None), col(Order.order_id).in_(sorted(order_keys))),
+        mentions(Order.properties, contact.email),
+    )
+
+
+def carts_of(contact: Contact, cart_keys: set[str]) -> Any:
+    """A condition on ``cart``, as :func:`orders_of`."""
+    return or_(
+        Cart.contact_id == contact.id,
+        and_(col(Cart.contact_id).is_(None), col(Cart.cart_id).in_(sorted(cart_keys))),
+        mentions(Cart.products, contact.email),
+    )
 
 
 def other_contacts_mentioning(contact: Contact) -> SelectOfScalar[Contact]:

@@ -7,8 +7,9 @@ In one transaction, in foreign-key order:
 2. the contact's consent records are deleted;
 3. notifications for the contact or to their address are kept for counts but anonymised:
    address ``erased@invalid``, no context, subject, message, error, keys or contact; their
-   status history keeps the statuses, not the details;
-4. the contact's timers, orders and carts are deleted;
+   status history keeps the statuses, not the details; those not yet sent are ``cancelled``;
+4. the contact's timers, orders and carts are deleted (with unlinked ones their events name,
+   such as a guest checkout before sign-up, and any that mention the address);
 5. their events are deleted (theirs, unlinked ones with their ``userId``/``anonymousId``, and
    any that mention their address);
 6. other contacts' traits lose values that mention the address; the contact row is deleted;
@@ -31,7 +32,13 @@ from crm_notify.events.models import Event
 from crm_notify.gdpr import _scope
 from crm_notify.guards.models import ALL_PURPOSES, ConsentRecord, Suppression, SuppressionReason
 from crm_notify.guards.suppression import address_hash, suppress
-from crm_notify.outbox.models import Decision, Notification, NotificationStatusChange
+from crm_notify.outbox.models import (
+    CLAIMABLE,
+    Decision,
+    Notification,
+    NotificationStatus,
+    NotificationStatusChange,
+)
 from crm_notify.timers.models import Timer
 
 logger = logging.getLogger(__name__)
@@ -78,6 +85,7 @@ def erase_contact(*, session: Session, contact: Contact, actor: str) -> ErasureR
     timer_ids = _scope.ids(
         session.exec(select(col(Timer.id)).where(Timer.contact_id == contact.id))
     )
+    order_keys, cart_keys = _scope.commerce_keys(session, event_ids)
     run = session.execute
 
     # 1. decisions
@@ -113,6 +121,14 @@ def erase_contact(*, session: Session, contact: Contact, actor: str) -> ErasureR
             sa.update(Notification)
             .where(col(Notification.id).in_(notification_ids))
             .values(
+                # Mail still queued for the person is never sent.
+                status=sa.case(
+                    (
+                        col(Notification.status).in_([s.value for s in CLAIMABLE]),
+                        NotificationStatus.CANCELLED.value,
+                    ),
+                    else_=col(Notification.status),
+                ),
                 to_address=ERASED_ADDRESS,
                 contact_id=None,
                 event_id=None,
@@ -140,8 +156,10 @@ def erase_contact(*, session: Session, contact: Contact, actor: str) -> ErasureR
         .values(timer_id=None)
     )
     report.timers_deleted = _count(run(sa.delete(Timer).where(col(Timer.id).in_(timer_ids))))
-    report.orders_deleted = _count(run(sa.delete(Order).where(col(Order.contact_id) == contact.id)))
-    report.carts_deleted = _count(run(sa.delete(Cart).where(col(Cart.contact_id) == contact.id)))
+    report.orders_deleted = _count(
+        run(sa.delete(Order).where(_scope.orders_of(contact, order_keys)))
+    )
+    report.carts_deleted = _count(run(sa.delete(Cart).where(_scope.carts_of(contact, cart_keys))))
     # 5. events
     report.events_deleted = _count(run(sa.delete(Event).where(col(Event.id).in_(event_ids))))
     # 6. contacts

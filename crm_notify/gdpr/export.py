@@ -46,6 +46,7 @@ def export_contact(*, session: Session, contact: Contact) -> dict[str, Any]:
     for change in changes:
         history.setdefault(change.notification_id, []).append(_scope.row_data(change))
     digest = address_hash_or_none(contact.email)
+    order_keys, cart_keys = _scope.commerce_keys(session, [e.id for e in events if e.id])
     return {
         "format": EXPORT_FORMAT,
         "exported_at": now().isoformat(),
@@ -53,8 +54,8 @@ def export_contact(*, session: Session, contact: Contact) -> dict[str, Any]:
         "consent_records": _rows(session, ConsentRecord, ConsentRecord.contact_id == contact.id),
         "suppressions": _rows(session, Suppression, Suppression.address_hash == (digest or "")),
         "events": [_scope.row_data(row) for row in events],
-        "orders": _rows(session, Order, Order.contact_id == contact.id),
-        "carts": _rows(session, Cart, Cart.contact_id == contact.id),
+        "orders": _rows(session, Order, _scope.orders_of(contact, order_keys)),
+        "carts": _rows(session, Cart, _scope.carts_of(contact, cart_keys)),
         "notifications": [
             {**_scope.row_data(row), "status_history": history.get(row.id or 0, [])}
             for row in notifications

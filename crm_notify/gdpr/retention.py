@@ -3,7 +3,8 @@
 Events older than the age are deleted (decisions, timers, notifications and consent records
 keep their rows but lose the link), except those a pending timer still needs to fire.
 Finished notifications (sent, failed, cancelled) older than the age keep their status and
-ids for counts but lose their rendered subject and message and their template context.
+ids for counts but lose their rendered subject and message and their template context, and
+finished timers lose their payload (a digest's copies of the sends it merged).
 """
 
 from __future__ import annotations
@@ -78,6 +79,16 @@ def purge(*, session: Session, older_than: timedelta) -> PurgeReport:
             ),
         )
         .values(message=None, subject=None, context={})
+    )
+    # Digests keep copies of the sends they merged: gone with the finished timer's age.
+    session.execute(
+        sa.update(Timer)
+        .where(
+            col(Timer.updated_at) < cutoff,
+            col(Timer.status) != TimerStatus.PENDING.value,
+            col(Timer.payload).is_not(None),
+        )
+        .values(payload=None)
     )
     report = PurgeReport(cutoff, deleted, int(getattr(cleared, "rowcount", 0) or 0))
     logger.info(

@@ -186,11 +186,15 @@ class DeliveryService:
 
     def _recheck(self, session: Session, row: Notification) -> DeliveryOutcome | None:
         """Run the delivery-time guards on a claimed row; the outcome when they say no."""
-        if self._policy is None or row.contact_id is None:
+        if self._policy is None:
             return None
-        contact = session.get(Contact, row.contact_id)
-        if contact is None:
-            return None
+        contact = session.get(Contact, row.contact_id) if row.contact_id is not None else None
+        if contact is None:  # erased since: nobody left whose consent could be checked
+            assert row.id is not None
+            repository.mark_cancelled(
+                session=session, notification=row, reason="the contact no longer exists"
+            )
+            return DeliveryOutcome("cancelled")
         attempt = SendAttempt(
             rule_name=row.rule,
             purpose=row.purpose,

@@ -90,7 +90,7 @@ def make_router(*, engine: Engine, secret_key: bytes, purposes: Sequence[str]) -
 
     def unsubscribe(token: UnsubscribeToken, proof: tuple[str | None, str | None]) -> str | None:
         with session_scope(engine) as session:
-            contact = session.get(Contact, token.contact_id)
+            contact = _contact_of(session, token)
             if contact is None:  # erased since: there is no one left to mail
                 return None
             record_consent(
@@ -108,7 +108,7 @@ def make_router(*, engine: Engine, secret_key: bytes, purposes: Sequence[str]) -
 
     def address_of(token: UnsubscribeToken) -> str | None:
         with Session(engine) as session:
-            contact = session.get(Contact, token.contact_id)
+            contact = _contact_of(session, token)
             return mask_address(contact.email) if contact else None
 
     def preferences(
@@ -117,7 +117,7 @@ def make_router(*, engine: Engine, secret_key: bytes, purposes: Sequence[str]) -
         proof: tuple[str | None, str | None],
     ) -> dict[str, Any]:
         with session_scope(engine) as session:
-            contact = session.get(Contact, token.contact_id)
+            contact = _contact_of(session, token)
             items = []
             for purpose in optional:
                 latest = (
@@ -182,11 +182,25 @@ def make_router(*, engine: Engine, secret_key: bytes, purposes: Sequence[str]) -
         if found is None:
             return page("invalid.html", 404)
         form = await read_form(request)
+        if form.get("submitted") != "1":  # not our form: change nothing
+            return page("invalid.html", 400)
         wanted = {p: form.get(p, "").strip().lower() in CHECKED for p in optional}
         values = await run_in_threadpool(preferences, found, wanted, proof(request))
         return page("preferences.html", action=request.url.path, saved=True, **values)
 
     return router
+
+
+def _contact_of(session: Session, token: UnsubscribeToken) -> Contact | None:
+    """The contact a token acts on, or ``None``: erased since, or the token's notification went
+    to someone else (an id reused after an erasure must not act on another person)."""
+    contact = session.get(Contact, token.contact_id)
+    if contact is None or token.notification_id is None:
+        return contact
+    notification = session.get(Notification, token.notification_id)
+    if notification is None or notification.contact_id != contact.id:
+        return None
+    return contact
 
 
 def _notification_id(session: Session, notification_id: int | None) -> int | None:

@@ -223,13 +223,26 @@ def test_local_limiter_waits_for_the_oldest_send_to_leave() -> None:
     limiter = LocalSendRateLimiter(4)
     taken = []
     for _ in range(5):
-        limiter.acquire()
+        assert limiter.acquire(max_wait_s=5)
         taken.append(time.monotonic())
     # The 5th of 4/s waits for the first to leave its second
     assert taken[4] - taken[0] >= 1 - SLACK_S
     assert taken[3] - taken[0] < 0.5
     slow = LocalSendRateLimiter(0.5)
     assert (slow.limit, slow.window_s) == (1, 2.0)
+
+
+def test_a_send_that_would_wait_too_long_is_retried_later_instead(tmp_path: Path) -> None:
+    # Given one message per 10 s, already taken
+    adapter = RateLimitedAdapter(FileAdapter(tmp_path / "outbox"), rate_per_s=0.1, max_wait_s=0.2)
+    adapter.send(message(1))
+    # When the next would wait longer than max_wait_s, Then it fails as transient at once
+    started = time.monotonic()
+    with pytest.raises(EspTransientError, match=r"no slot within 0\.2 s") as excinfo:
+        adapter.send(message(2))
+    assert time.monotonic() - started < 0.2
+    assert excinfo.value.retry_after_s == 0.2
+    assert len(list((tmp_path / "outbox").glob("*.eml"))) == 1
 
 
 def test_adapter_delegates_to_the_inner_adapter(tmp_path: Path) -> None:
@@ -261,4 +274,4 @@ def test_base_limiter_names_the_missing_hook() -> None:
         pass
 
     with pytest.raises(NotImplementedError, match=r"Unfinished\.acquire"):
-        Unfinished().acquire()
+        Unfinished().acquire(1)
