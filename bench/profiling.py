@@ -4,6 +4,8 @@
   enqueue ``crm-notify serve`` does (to the mode's broker, then ``mark_queued``);
 - delivery: ``DeliveryService.deliver`` in a loop, one thread, to the SMTP sink.
 
+The ``*-guards`` modes are profiled on their own, with the guarded workload.
+
 Each runs first unprofiled (for a rate without profiler overhead), then profiled. The hotspots
 are the functions with the most self time, and crm-notify's own functions by total time; the
 full profiles are written as HTML next to the other results.
@@ -44,14 +46,15 @@ DELIVERIES = 250
 def run_profiles(
     modes: Sequence[str], options: Options, tag: str, *, batches: int
 ) -> dict[str, Any]:
-    """Profile ingest and delivery once per database the chosen modes use (with the first
-    such mode's broker)."""
+    """Profile ingest and delivery once per database and workload the chosen modes use (with
+    the first such mode's broker)."""
     profiles: dict[str, Any] = {}
-    seen: set[str] = set()
+    seen: set[tuple[str, bool]] = set()
     for name in modes:
-        if MODES[name].database in seen:
+        key = (MODES[name].database, MODES[name].guards)
+        if key in seen:
             continue
-        seen.add(MODES[name].database)
+        seen.add(key)
         profiles[name] = _profile_mode(name, options, f"{tag}p{len(seen)}", batches)
     return profiles
 
@@ -80,7 +83,7 @@ def _profile_mode(name: str, options: Options, tag: str, batches: int) -> dict[s
         settings = Settings(
             database_url=database_url,
             esp_url=sink.url,
-            rules_dir=copy_rules(out_dir / "rules"),
+            rules_dir=copy_rules(out_dir / "rules", guards=mode.guards),
             templates_dir=services.ROOT / "templates",
             var_dir=out_dir / "var",
             mail_from=MAIL_FROM,
@@ -95,8 +98,15 @@ def _profile_mode(name: str, options: Options, tag: str, batches: int) -> dict[s
             with session_scope(runtime.engine) as session:
                 repository.mark_queued(session=session, notification_ids=ids)
 
-        intake = Intake(engine=runtime.engine, rules=runtime.rules, enqueue=enqueue)
-        work = make_batches(tag, 2 * batches + 2)
+        intake = Intake(
+            engine=runtime.engine,
+            rules=runtime.rules,
+            enqueue=enqueue,
+            policy=runtime.policy,
+            consent_categories=settings.consent_categories,
+            consent_traits=settings.consent_traits,
+        )
+        work = make_batches(tag, 2 * batches + 2, guards=mode.guards)
 
         def ingest(batch: Batch) -> int:
             calls = parse_batch(decode_body(batch.body, batch=True), received_at=now())
@@ -118,6 +128,7 @@ def _profile_mode(name: str, options: Options, tag: str, batches: int) -> dict[s
         delivery_report = _report(session, out_dir / "profile-delivery.html")
     return {
         "database": mode.database,
+        "workload": "guarded" if mode.guards else "plain",
         "broker": "redis" if mode.redis else "in-process (stub)",
         "ingest": {"events_per_s": plain, "profiled_events_per_s": profiled, **ingest_report},
         "delivery": {

@@ -13,6 +13,11 @@ is messages over the time from the first to the last arrival at the sink.
 
 At the end every notification must be ``sent`` and must have arrived at the sink exactly once,
 with the Message-ID stored in its row.
+
+The ``*-guards`` modes run the guarded workload (:mod:`bench.workload`): every call carries
+marketing consent, and the marketing rule ``cart-offer`` (with a ``limit``, quiet hours off)
+joins the sample rules, so every marketing decision looks up suppression and consent and counts
+the contact's recent sends, and delivery checks suppression and consent again.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from sqlalchemy.engine import Engine
 from bench import services
 from bench.cpu import CpuMeter
 from bench.load import post_batches
-from bench.workload import NOTIFICATIONS_PER_CUSTOMER, Batch, make_batches
+from bench.workload import GUARDED_RULE, Batch, make_batches, notifications_per_customer
 from crm_notify.clock import now
 from crm_notify.db import make_engine
 from crm_notify.events.decoding import decode_body
@@ -47,12 +52,15 @@ MAIL_FROM = "Bench Shop <orders@shop.example>"
 BENCH_RULES = ("welcome.yaml", "order_shipped.yaml", "order_cancelled.yaml")
 
 
-def copy_rules(destination: Path) -> Path:
-    """Copy :data:`BENCH_RULES` into ``destination`` (emptied first) and return it."""
+def copy_rules(destination: Path, *, guards: bool = False) -> Path:
+    """Copy :data:`BENCH_RULES` into ``destination`` (emptied first), with ``guards`` also
+    the guarded workload's marketing rule, and return it."""
     shutil.rmtree(destination, ignore_errors=True)
     destination.mkdir(parents=True)
     for name in BENCH_RULES:
         shutil.copy2(services.ROOT / "rules" / name, destination / name)
+    if guards:
+        (destination / "cart_offer.yaml").write_text(GUARDED_RULE)
     return destination
 
 
@@ -63,6 +71,7 @@ class Mode:
     name: str
     database: str  # "sqlite" or "postgresql"
     redis: bool
+    guards: bool = False  # the guarded workload (consent, a limited marketing rule)
 
 
 #: The modes ``--mode`` can name, in the order they run.
@@ -70,6 +79,8 @@ MODES = {
     "embedded": Mode("embedded", "sqlite", redis=False),
     "redis": Mode("redis", "postgresql", redis=True),
     "redis-sqlite": Mode("redis-sqlite", "sqlite", redis=True),
+    "embedded-guards": Mode("embedded-guards", "sqlite", redis=False, guards=True),
+    "redis-guards": Mode("redis-guards", "postgresql", redis=True, guards=True),
 }
 
 
@@ -117,7 +128,7 @@ def run_mode(mode: Mode, options: Options, tag: str) -> ModeResult:
             )
         settings = {
             "CRM_NOTIFY_DATABASE_URL": database_url,
-            "CRM_NOTIFY_RULES_DIR": str(copy_rules(log_dir / "rules")),
+            "CRM_NOTIFY_RULES_DIR": str(copy_rules(log_dir / "rules", guards=mode.guards)),
             "CRM_NOTIFY_TEMPLATES_DIR": str(services.ROOT / "templates"),
             "CRM_NOTIFY_VAR_DIR": str(log_dir / "var"),
             "CRM_NOTIFY_MAIL_FROM": MAIL_FROM,
@@ -137,14 +148,15 @@ def run_mode(mode: Mode, options: Options, tag: str) -> ModeResult:
         engine = _observer_engine(database_url)
         stack.callback(engine.dispose)
 
-        batches = make_batches(tag, options.warmup_batches + options.batches)
+        batches = make_batches(tag, options.warmup_batches + options.batches, guards=mode.guards)
         warmup, measured = batches[: options.warmup_batches], batches[options.warmup_batches :]
         result.ingest = _ingest(mode, options, env, log_dir, api_key, engine, warmup, measured)
         if mode.redis:
             result.delivery = _deliver_with_worker(options, env, log_dir, engine, sink)
         else:
-            per_batch = 10 * NOTIFICATIONS_PER_CUSTOMER
-            extra = make_batches(f"{tag}x", -(-options.embedded_delivery // per_batch))
+            per_batch = 10 * notifications_per_customer(mode.guards)
+            count = -(-options.embedded_delivery // per_batch)
+            extra = make_batches(f"{tag}x", count, guards=mode.guards)
             result.delivery = _deliver_embedded(env, log_dir, engine, sink, extra, settings)
         result.checks = _check_exactly_once(engine, sink, expected=_expected(batches, result))
     return result

@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from crm_notify.guards.quiet_hours import QuietHoursGuard
-from crm_notify.guards.rate_limit import RateLimitGuard
 from freezegun import freeze_time
 from freezegun.api import FrozenDateTimeFactory
 from sqlalchemy.engine import Engine
@@ -20,6 +18,8 @@ from sqlmodel import Session, col, select
 from crm_notify.events.schemas import parse_call
 from crm_notify.guards import SendPolicy
 from crm_notify.guards.consent import ConsentGuard
+from crm_notify.guards.quiet_hours import QuietHoursGuard
+from crm_notify.guards.rate_limit import RateLimitGuard
 from crm_notify.guards.suppression import SuppressionGuard, suppress
 from crm_notify.intake import Intake
 from crm_notify.outbox.models import Decision, Notification
@@ -251,7 +251,7 @@ def test_limit_drop_skips_with_the_count_and_last_send(
     first, second = _decisions(engine, "capped-drop")
     assert first.outcome == "send"
     assert second.outcome == "skip"
-    assert "limit 1 per 7 days reached, last sent 2026-11-16 12:00 UTC" == second.reason
+    assert second.reason == "limit 1 per 7 days reached, last sent 2026-11-16 12:00 UTC"
     assert second.details is not None and second.details["count"] == 1
     assert len(_notifications(engine, "capped-drop")) == 1
 
