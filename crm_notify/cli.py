@@ -210,6 +210,12 @@ def serve(ctx: _Context, host: str | None, port: int | None, migrate: bool) -> N
     bind_host, bind_port = settings.host, settings.port
     mode = "Redis broker" if settings.redis_url else "embedded broker (in-process delivery)"
     click.echo(f"crm-notify listening on http://{bind_host}:{bind_port} with {mode}", err=True)
+    if not settings.base_url.startswith("https://"):
+        click.echo(
+            f"warning: unsubscribe links point at {settings.base_url}; set CRM_NOTIFY_PUBLIC_URL "
+            "to the service's public https URL (RFC 8058 one-click needs https)",
+            err=True,
+        )
     uvicorn.run(app, host=bind_host, port=bind_port, log_level="warning", access_log=False)
 
 
