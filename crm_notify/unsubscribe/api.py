@@ -59,6 +59,11 @@ def _label(purpose: str) -> str:
     return purpose.replace("_", " ")
 
 
+#: The version of the preference page's wording, kept with the consent it records as proof
+#: (GDPR Art. 7(1)); change it whenever ``pages/preferences.html`` changes its wording.
+PREFERENCE_PAGE_VERSION = "preference-page-1"
+
+
 def make_router(*, engine: Engine, secret_key: bytes, purposes: Sequence[str]) -> APIRouter:
     """Build the unsubscribe and preference routes (no authentication: the token is it).
 
@@ -133,6 +138,7 @@ def make_router(*, engine: Engine, secret_key: bytes, purposes: Sequence[str]) -
                         purpose=purpose,
                         granted=wanted[purpose],
                         source=ConsentSource.PREFERENCE_PAGE,
+                        text_version=PREFERENCE_PAGE_VERSION,
                         notification_id=_notification_id(session, token.notification_id),
                         ip=proof[0],
                         user_agent=proof[1],
