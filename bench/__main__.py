@@ -29,13 +29,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "local SMTP sink (messages/s, each checked to arrive exactly once), and "
             "pyinstrument profiles of both paths. Modes: embedded (SQLite, delivery threads "
             "inside serve), redis (PostgreSQL + Redis + crm-notify worker), redis-sqlite "
-            "(SQLite + Redis + worker). Everything started is stopped, and the throw-away "
+            "(SQLite + Redis + worker), and embedded-guards and redis-guards: the same with the "
+            "guarded workload (marketing consent on every call, a marketing rule with a limit). "
+            "Everything started is stopped, and the throw-away "
             "databases and Redis keys are removed, at the end (also on Ctrl-C or SIGTERM)."
         ),
         epilog=(
             "The redis modes need Redis, and the redis mode PostgreSQL, on this machine (see "
-            "--redis-url, --postgres-url). A full run takes 2 to 3 minutes on 2 cores, --quick "
-            "about one. Figures and logs go to --results-dir; docs/benchmarks.md explains them. "
+            "--redis-url, --postgres-url). A full run takes 5 to 20 minutes on 2 cores, --quick "
+            "a few. Figures and logs go to --results-dir; docs/benchmarks.md explains them. "
             "Example: python -m bench --quick --mode embedded --mode redis"
         ),
     )
