@@ -60,8 +60,9 @@ from crm_notify.events.emails import normalise_email
 from crm_notify.events.models import Event
 from crm_notify.events.schemas import SegmentCall
 from crm_notify.guards import PlannedSend, SendPolicy, Verdict
-from crm_notify.guards.consent import consent_from_call, record_changes
+from crm_notify.guards.consent import consent_from_call, preload_consent, record_changes
 from crm_notify.guards.models import ConsentRecord
+from crm_notify.guards.suppression import preload_suppressions
 from crm_notify.outbox import repository
 from crm_notify.outbox.models import DecisionOutcome, Notification
 from crm_notify.render.mime import FORBIDDEN_IN_HEADERS
@@ -317,13 +318,18 @@ class Intake:
     def _preload(
         session: Session, calls: Sequence[SegmentCall], emails: dict[int, str | None]
     ) -> None:
-        """Load the contacts, orders and carts ``calls`` name, one query per table."""
-        preload_contacts(
+        """Load the contacts, orders and carts ``calls`` name, one query per table, and what the
+        guards will ask about those contacts (suppression entries, current consent)."""
+        contacts = preload_contacts(
             session,
             user_ids=[c.user_id for c in calls if c.user_id],
             anonymous_ids=[c.anonymous_id for c in calls if c.anonymous_id],
             emails=[e for e in emails.values() if e],
         )
+        preload_suppressions(
+            session, [*(c.email for c in contacts if c.email), *(e for e in emails.values() if e)]
+        )
+        preload_consent(session, [c.id for c in contacts if c.id is not None])
         tracks = [(c.event, c.properties) for c in calls if c.type == "track" and c.event]
         preload_state(
             session,

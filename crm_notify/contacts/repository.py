@@ -7,7 +7,7 @@ those ``userId``s, ``anonymousId``s and addresses are then answered from a per-t
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -76,15 +76,16 @@ def preload_contacts(
     user_ids: Iterable[str],
     anonymous_ids: Iterable[str],
     emails: Iterable[str],
-) -> None:
+) -> Sequence[Contact]:
     """Load every contact with one of these ids or addresses (one query) and index them for
-    the rest of the transaction; :func:`forget_contacts` drops the index."""
+    the rest of the transaction; :func:`forget_contacts` drops the index. Returns them."""
     keys = {"user_id": set(user_ids), "anonymous_id": set(anonymous_ids), "email": set(emails)}
     conditions = [
         col(getattr(Contact, name)).in_(sorted(values)) for name, values in keys.items() if values
     ]
     rows = session.exec(select(Contact).where(or_(*conditions))).all() if conditions else []
     session.info[_INDEX] = ContactIndex(keys, rows)
+    return rows
 
 
 def forget_contacts(session: Session) -> None:

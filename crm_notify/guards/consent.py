@@ -21,8 +21,8 @@ from typing import Any, ClassVar
 
 from sqlmodel import Session, col, select
 
-from crm_notify.contacts.models import Contact
 from crm_notify.events.schemas import SegmentCall
+from crm_notify.guards._memo import lock_contact, memo
 from crm_notify.guards.base import Guard, SendAttempt, Verdict
 from crm_notify.guards.models import ConsentRecord, ConsentSource, LawfulBasis
 
@@ -66,8 +66,8 @@ def record_consent(
         The new record, or ``None`` when ``only_if_changed`` found nothing to change.
     """
     if only_if_changed:
-        session.exec(select(Contact.id).where(Contact.id == contact_id).with_for_update()).all()
-        latest = latest_consent(session=session, contact_id=contact_id, purpose=purpose)
+        lock_contact(session, contact_id)
+        latest = current_record(session, contact_id=contact_id, purpose=purpose)
         if latest is not None and latest.granted == granted:
             return None
     record = ConsentRecord(
@@ -85,11 +85,48 @@ def record_consent(
     )
     session.add(record)
     session.flush()
+    memo(session, "consent")[contact_id, purpose] = record
     return record
 
 
 def _cut(value: str | None, limit: int) -> str | None:
     return value[:limit] if value else None
+
+
+def current_record(session: Session, *, contact_id: int, purpose: str) -> ConsentRecord | None:
+    """:func:`latest_consent`, remembered for the rest of the transaction (see
+    :mod:`crm_notify.guards._memo`)."""
+    remembered = memo(session, "consent")
+    key = (contact_id, purpose)
+    if key not in remembered and contact_id in memo(session, "consent_loaded"):
+        return None  # preloaded: the contact has no record for this purpose
+    if key not in remembered:
+        with session.no_autoflush:
+            remembered[key] = latest_consent(
+                session=session, contact_id=contact_id, purpose=purpose
+            )
+    record: ConsentRecord | None = remembered[key]
+    return record
+
+
+def preload_consent(session: Session, contact_ids: Sequence[int]) -> None:
+    """Look up the current consent of ``contact_ids`` (every purpose) with one query, for the
+    guard checks that follow in this transaction (intake calls it for a batch's contacts)."""
+    remembered = memo(session, "consent")
+    loaded = memo(session, "consent_loaded")
+    wanted = sorted({c for c in contact_ids if c not in loaded})
+    if not wanted:
+        return
+    with session.no_autoflush:
+        rows = session.exec(
+            select(ConsentRecord)
+            .where(col(ConsentRecord.contact_id).in_(wanted))
+            .order_by(col(ConsentRecord.id))
+        ).all()
+    for row in rows:  # oldest first: the latest per purpose wins
+        remembered[row.contact_id, row.purpose] = row
+    for contact_id in wanted:
+        loaded[contact_id] = True
 
 
 def latest_consent(*, session: Session, contact_id: int, purpose: str) -> ConsentRecord | None:
@@ -226,7 +263,7 @@ class ConsentGuard(Guard):
             return None
         contact_id = attempt.contact.id
         assert contact_id is not None
-        record = latest_consent(session=session, contact_id=contact_id, purpose=purpose)
+        record = current_record(session, contact_id=contact_id, purpose=purpose)
         if record is None:
             return Verdict.skip(
                 f"no {purpose} consent recorded",

@@ -16,10 +16,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from crm_notify.clock import as_utc
+from crm_notify.guards._memo import lock_contact
 from crm_notify.guards.base import Guard, PlannedSend, SendAttempt, Verdict
 from crm_notify.outbox.models import DecisionOutcome, Notification, NotificationStatus
 from crm_notify.rules.model import Limit, OverLimit
@@ -28,15 +28,6 @@ from crm_notify.rules.model import Limit, OverLimit
 TRANSACTIONAL = "transactional"
 #: Notification statuses that do not count towards a cap: nothing reached the contact.
 NOT_COUNTED = (NotificationStatus.CANCELLED, NotificationStatus.FAILED)
-
-
-def lock_contact(session: Session, contact_id: int) -> None:
-    """Lock the contact's row until the transaction ends (PostgreSQL; SQLite serialises writers
-    at ``BEGIN IMMEDIATE`` already)."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(
-            sa.text("SELECT id FROM contact WHERE id = :id FOR UPDATE"), {"id": contact_id}
-        )
 
 
 def counted_sends(
@@ -69,7 +60,8 @@ def counted_sends(
         query = query.where(Notification.rule == rule)
     else:
         query = query.where(Notification.purpose != TRANSACTIONAL)
-    times = [as_utc(value) for value in session.exec(query)]
+    with session.no_autoflush:  # sends are flushed when written, or passed as ``planned``
+        times = [as_utc(value) for value in session.exec(query)]
     for send in planned:
         matches = send.rule == rule if rule is not None else send.purpose != TRANSACTIONAL
         if send.contact_id == contact_id and matches and as_utc(send.at) > since:

@@ -9,7 +9,7 @@ the unique constraint ``uq_suppression_address`` keeps concurrent adds from dupl
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, ClassVar, Literal, get_args
 
@@ -20,6 +20,7 @@ from sqlmodel import Session, col, select
 from crm_notify.clock import now
 from crm_notify.errors import EventValidationError
 from crm_notify.events.emails import normalise_email
+from crm_notify.guards._memo import forget, memo
 from crm_notify.guards.base import Guard, SendAttempt, Verdict
 from crm_notify.guards.models import ALL_PURPOSES, Suppression, SuppressionReason
 from crm_notify.outbox.models import DecisionOutcome, Notification
@@ -122,6 +123,7 @@ def suppress(
         entry.email = values["email"]
     session.add(entry)
     session.flush()  # an UPDATE only when something changed
+    forget(session, "suppression")
     return entry
 
 
@@ -137,6 +139,7 @@ def unsuppress(*, session: Session, email: str, purpose: str = ALL_PURPOSES) -> 
             col(Suppression.purpose) == purpose,
         )
     )
+    forget(session, "suppression")
     return int(getattr(result, "rowcount", 0) or 0)
 
 
@@ -165,15 +168,49 @@ def suppressed_for(*, session: Session, email: str, purpose: str) -> Suppression
 
 
 def _entry_for(session: Session, digests: Sequence[str], purpose: str) -> Suppression | None:
-    rows = session.exec(
-        select(Suppression).where(
-            col(Suppression.address_hash).in_(digests),
-            col(Suppression.purpose).in_([ALL_PURPOSES, purpose]),
-        )
-    ).all()
+    rows = [
+        row
+        for digest in digests
+        for row in _entries(session, [digest])[digest]
+        if row.purpose in (ALL_PURPOSES, purpose)
+    ]
     hard = [row for row in rows if row.purpose == ALL_PURPOSES]
-    found = hard or list(rows)
+    found = hard or rows
     return min(found, key=lambda row: row.id or 0) if found else None
+
+
+def _entries(session: Session, digests: Sequence[str]) -> dict[str, list[Suppression]]:
+    """Every entry of each address hash (all purposes), remembered for the transaction: one
+    query for the hashes not looked up yet."""
+    remembered: dict[str, list[Suppression]] = memo(session, "suppression")
+    missing = sorted({digest for digest in digests if digest not in remembered})
+    if missing:
+        with session.no_autoflush:  # entries are flushed when written
+            rows = session.exec(
+                select(Suppression).where(col(Suppression.address_hash).in_(missing))
+            ).all()
+        for digest in missing:
+            remembered[digest] = []
+        for row in rows:
+            remembered[row.address_hash].append(row)
+    return remembered
+
+
+def preload_suppressions(session: Session, emails: Sequence[str]) -> None:
+    """Look up the entries of ``emails`` with one query, for the guard checks that follow in
+    this transaction (intake calls it for a batch's contacts)."""
+    _entries(session, [d for d in map(_hash_remembered(session), emails) if d is not None])
+
+
+def _hash_remembered(session: Session) -> Callable[[str | None], str | None]:
+    hashes: dict[str | None, str | None] = memo(session, "address_hash")
+
+    def digest(address: str | None) -> str | None:
+        if address not in hashes:
+            hashes[address] = address_hash_or_none(address)
+        return hashes[address]
+
+    return digest
 
 
 def describe(entry: Suppression) -> str:
@@ -202,7 +239,8 @@ class SuppressionGuard(Guard):
                     )
                 ).first()
             )
-        digests = sorted({d for d in map(address_hash_or_none, addresses) if d is not None})
+        digest = _hash_remembered(session)
+        digests = sorted({d for d in map(digest, addresses) if d is not None})
         if not digests:
             return None
         entry = _entry_for(session, digests, attempt.purpose)
