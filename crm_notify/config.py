@@ -27,8 +27,18 @@ BOOLEAN_VALUES = frozenset({"1", "0", "true", "false", "yes", "no", "on", "off"}
 #: What a purpose name must look like.
 PURPOSE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
+#: ESP URL schemes of providers with an HTTP API (``<provider>://KEY@[host][/path][?options]``).
+API_SCHEMES = frozenset({"sendgrid", "brevo", "mandrill", "postmark", "mailgun", "ses"})
 #: ESP URL schemes this release can deliver through.
-ESP_SCHEMES = frozenset({"smtp", "smtps", "file", "console"})
+ESP_SCHEMES = frozenset({"smtp", "smtps", "file", "console", *API_SCHEMES})
+#: The query options each ESP URL scheme takes.
+ESP_OPTIONS: dict[str, frozenset[str]] = {
+    "smtp": frozenset({"timeout", "starttls", "verify"}),
+    "smtps": frozenset({"timeout", "starttls", "verify"}),
+    **{scheme: frozenset({"timeout", "insecure"}) for scheme in API_SCHEMES},
+    "mailgun": frozenset({"timeout", "insecure", "region"}),
+    "ses": frozenset({"timeout", "insecure", "region"}),
+}
 
 
 class Settings(BaseSettings):
@@ -52,7 +62,9 @@ class Settings(BaseSettings):
     templates_dir: Path = Field(Path("templates"), description="Folder of email templates.")
     esp_url: str = Field(
         "file:var/outbox",
-        description="Where mail goes: smtp://user:pass@host:port?starttls=1, file:///dir, console:",
+        description="Where mail goes: smtp://user:pass@host:port?starttls=1, sendgrid://KEY@, "
+        "brevo://KEY@, mandrill://KEY@, postmark://TOKEN@, mailgun://api:KEY@/DOMAIN?region=eu, "
+        "ses://ACCESS:SECRET@?region=eu-west-1, file:///dir, console:",
     )
     var_dir: Path = Field(Path("var"), description="Folder for the embedded database and outbox.")
     mail_from: str = Field(
@@ -145,11 +157,20 @@ class Settings(BaseSettings):
             raise ValueError(f"scheme must be one of {', '.join(sorted(ESP_SCHEMES))}")
         if parts.scheme in {"smtp", "smtps"} and not parts.hostname:
             raise ValueError("an smtp URL needs a host, e.g. smtp://user:pass@mail.example:587")
+        if parts.scheme in API_SCHEMES and not (parts.username or parts.password):
+            raise ValueError(
+                f"a {parts.scheme} URL needs the API key, e.g. {parts.scheme}://KEY@ "
+                "(URL-encode it; keep it in the environment, not in a file under version control)"
+            )
         try:
             parts.port  # noqa: B018 - urlsplit checks the port lazily
         except ValueError as exc:
             raise ValueError(f"invalid port: {exc}") from exc
+        known = ESP_OPTIONS.get(parts.scheme, frozenset())
         for name, values in parse_qs(parts.query).items():
+            if name not in known:
+                listed = ", ".join(sorted(known)) or "none"
+                raise ValueError(f"unknown option {name!r} (known for {parts.scheme}: {listed})")
             if name == "timeout":
                 try:
                     timeout = float(values[-1])
@@ -157,11 +178,18 @@ class Settings(BaseSettings):
                     timeout = -1.0
                 if not 0 < timeout <= 600:
                     raise ValueError("timeout must be a number of seconds between 0 and 600")
-            elif name in {"starttls", "verify"}:
-                if values[-1].strip().lower() not in BOOLEAN_VALUES:
-                    raise ValueError(f"{name} must be 1/0, true/false, yes/no or on/off")
-            else:
-                raise ValueError(f"unknown option {name!r} (known: timeout, starttls, verify)")
+            elif (
+                name in {"starttls", "verify", "insecure"}
+                and values[-1].strip().lower() not in BOOLEAN_VALUES
+            ):
+                raise ValueError(f"{name} must be 1/0, true/false, yes/no or on/off")
+        if parts.scheme in API_SCHEMES:
+            from crm_notify.esp.http import parse_esp_url
+
+            try:
+                parse_esp_url(value)
+            except ConfigurationError as exc:
+                raise ValueError(str(exc).removeprefix("CRM_NOTIFY_ESP_URL: ")) from exc
         return value
 
     @field_validator("purposes")

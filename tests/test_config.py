@@ -90,3 +90,34 @@ def test_custom_purposes_keep_the_built_in_ones_and_consent_may_map_to_them(
     assert settings.purpose_names == ("transactional", "marketing", "newsletter")
     assert settings.consent_categories == {"news": "newsletter"}
     assert settings.base_url == "http://127.0.0.1:9000"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sendgrid://@", "needs the API key"),
+        ("brevo://KEY@?region=eu", "unknown option 'region' (known for brevo: insecure, timeout)"),
+        ("postmark://T@api.example.com?insecure=1", "only to loopback addresses"),
+        ("mailgun://api:K@/mg.example.com?insecure=maybe", "insecure must be 1/0"),
+        ("smtp://mail.example?region=eu", "known for smtp: starttls, timeout, verify"),
+    ],
+)
+def test_api_esp_urls_are_checked_at_start(
+    monkeypatch: pytest.MonkeyPatch, url: str, expected: str
+) -> None:
+    monkeypatch.setenv("CRM_NOTIFY_ESP_URL", url)
+    with pytest.raises(ConfigurationError) as excinfo:
+        load_settings()
+    assert "CRM_NOTIFY_ESP_URL: " in str(excinfo.value)
+    assert expected in str(excinfo.value)
+
+
+def test_api_esp_urls_with_a_key_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    for url in (
+        "sendgrid://SG.key@",
+        "mailgun://api:key@/mg.example.com?region=eu",
+        "ses://AKID:secret@?region=eu-west-1",
+        "postmark://token@127.0.0.1:8025?insecure=1",
+    ):
+        monkeypatch.setenv("CRM_NOTIFY_ESP_URL", url)
+        assert load_settings().esp_url == url

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -9,7 +10,18 @@ from crm_notify.errors import ConfigurationError
 from crm_notify.esp.base import EspAdapter
 from crm_notify.esp.console import ConsoleAdapter
 from crm_notify.esp.file import FileAdapter
+from crm_notify.esp.http import parse_esp_url
 from crm_notify.esp.smtp import SmtpAdapter, SmtpOptions
+
+#: Providers with an HTTP API: URL scheme -> (module, adapter class), imported when used.
+API_ADAPTERS: dict[str, tuple[str, str]] = {
+    "sendgrid": ("crm_notify.esp.sendgrid", "SendGridAdapter"),
+    "brevo": ("crm_notify.esp.brevo", "BrevoAdapter"),
+    "postmark": ("crm_notify.esp.postmark", "PostmarkAdapter"),
+    "mandrill": ("crm_notify.esp.mandrill", "MandrillAdapter"),
+    "mailgun": ("crm_notify.esp.mailgun", "MailgunAdapter"),
+    "ses": ("crm_notify.esp.ses", "SesAdapter"),
+}
 
 #: Values of boolean URL options read as true.
 TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
@@ -24,8 +36,9 @@ def adapter_from_url(url: str, *, base_dir: Path | None = None) -> EspAdapter:
     """Return the adapter for ``url``.
 
     Parameters:
-        url: ``smtp://user:pass@host:port?starttls=1``, ``smtps://...``, ``file:///abs/dir``,
-            ``file:relative/dir`` or ``console:``.
+        url: ``smtp://user:pass@host:port?starttls=1``, ``smtps://...``, an API provider's
+            ``<provider>://KEY@[host[:port]][/path][?options]`` (see :data:`API_ADAPTERS`),
+            ``file:///abs/dir``, ``file:relative/dir`` or ``console:``.
         base_dir: where relative ``file:`` paths start (default: the working directory).
 
     Raises:
@@ -60,4 +73,9 @@ def adapter_from_url(url: str, *, base_dir: Path | None = None) -> EspAdapter:
         return FileAdapter(path)
     if parts.scheme == "console":
         return ConsoleAdapter()
+    if parts.scheme in API_ADAPTERS:
+        module_name, class_name = API_ADAPTERS[parts.scheme]
+        adapter_class = getattr(importlib.import_module(module_name), class_name)
+        adapter: EspAdapter = adapter_class.from_esp_url(parse_esp_url(url))
+        return adapter
     raise ConfigurationError(f"CRM_NOTIFY_ESP_URL: unsupported scheme {parts.scheme!r}")
