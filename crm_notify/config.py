@@ -36,8 +36,10 @@ ESP_OPTIONS: dict[str, frozenset[str]] = {
     "smtp": frozenset({"timeout", "starttls", "verify"}),
     "smtps": frozenset({"timeout", "starttls", "verify"}),
     **{scheme: frozenset({"timeout", "insecure"}) for scheme in API_SCHEMES},
+    "sendgrid": frozenset({"timeout", "insecure", "region"}),
+    "postmark": frozenset({"timeout", "insecure", "stream"}),
     "mailgun": frozenset({"timeout", "insecure", "region"}),
-    "ses": frozenset({"timeout", "insecure", "region"}),
+    "ses": frozenset({"timeout", "insecure", "region", "configuration_set"}),
 }
 
 

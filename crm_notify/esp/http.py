@@ -10,16 +10,22 @@ and maps the answer onto our errors:
 
 A provider that reports some client errors with another status overrides
 :meth:`HttpApiAdapter._classify`.
+
+The helpers below (:func:`timeout_option`, :func:`json_or_none`, :func:`address_list`,
+:func:`text_body`, :func:`header_value`) are the small pieces every adapter needs to read an
+ESP URL, a provider's answer and our message.
 """
 
 from __future__ import annotations
 
+import email.header
 import email.utils
 import ipaddress
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import httpx
@@ -113,13 +119,25 @@ class ApiRequest:
     auth: tuple[str, str] | None = None
 
 
+class HttpOptions(TypedDict, total=False):
+    """The keyword arguments every :class:`HttpApiAdapter` subclass passes on to the base."""
+
+    base_url: str | None
+    timeout_s: float
+    transport: httpx.BaseTransport | None
+
+
 class HttpApiAdapter(EspAdapter):
     """Base class of adapters for providers with an HTTP API.
 
     Parameters:
-        base_url: the API's scheme, host and port (the provider's own by default).
+        base_url: the API's scheme, host and port (:attr:`default_base_url` by default).
         timeout_s: connect and read timeout.
         transport: an ``httpx`` transport (tests).
+
+    A subclass takes its own keyword arguments plus ``**options: Unpack[HttpOptions]``, and
+    calls ``super().__init__(**options)``; one whose default host depends on its arguments
+    (a region) sets ``self.default_base_url`` first.
     """
 
     #: The provider's API, used when the ESP URL names no host.
@@ -155,12 +173,10 @@ class HttpApiAdapter(EspAdapter):
             return
         body = response.text[:ERROR_BODY_CHARS]
         if status == 429 or status >= 500:
-            raise EspTransientError(
-                self.name,
-                f"provider answered {status}: {body}",
-                status_code=status,
-                body=body,
-                retry_after_s=retry_after_s(response.headers.get("Retry-After")),
+            raise self._transient(
+                response,
+                f"provider answered {status}",
+                retry_after=retry_after_s(response.headers.get("Retry-After")),
             )
         raise EspPermanentError(
             self.name, f"provider refused the message: {body}", status_code=status, body=body
@@ -184,6 +200,19 @@ class HttpApiAdapter(EspAdapter):
         self._classify(response)
         return self._message_id(response, message)
 
+    def _transient(
+        self, response: httpx.Response, what: str, *, retry_after: float | None
+    ) -> EspTransientError:
+        """The transient error for ``response`` (``what`` leads the message)."""
+        body = response.text[:ERROR_BODY_CHARS]
+        return EspTransientError(
+            self.name,
+            f"{what}: {body}",
+            status_code=response.status_code,
+            body=body,
+            retry_after_s=retry_after,
+        )
+
     def close(self) -> None:
         """Close the connection pool."""
         self._client.close()
@@ -205,7 +234,78 @@ def retry_after_s(value: str | None) -> float | None:
     return max((when - datetime.now(UTC)).total_seconds(), 0.0)
 
 
+def tracking(message: EmailMessage) -> dict[str, str]:
+    """Our notification id and rule name as ``crm_notify_id`` / ``crm_notify_rule`` (each only
+    when the message has it), for the provider's metadata that its events echo back."""
+    values = {"crm_notify_id": notification_id(message), "crm_notify_rule": message[RULE_HEADER]}
+    return {name: str(value) for name, value in values.items() if value}
+
+
+def json_field(response: httpx.Response, name: str) -> str | None:
+    """Field ``name`` of a provider's JSON object answer as text, or ``None`` when absent or
+    empty (or the answer is no JSON object)."""
+    answer = json_or_none(response)
+    value = answer.get(name) if isinstance(answer, dict) else None
+    return str(value) if value else None
+
+
 def notification_id(message: EmailMessage) -> str | None:
     """Our notification id, from the message's header (for the provider's metadata)."""
     value = message.get(NOTIFICATION_ID_HEADER)
     return str(value) if value is not None else None
+
+
+def timeout_option(url: EspUrl) -> float:
+    """The ``timeout=`` option of an ESP URL in seconds (default :data:`DEFAULT_TIMEOUT_S`).
+
+    Raises:
+        ConfigurationError: the option is not a finite, positive number of seconds.
+    """
+    raw = url.options.get("timeout")
+    if not raw:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(f"CRM_NOTIFY_ESP_URL: timeout must be positive seconds: {raw!r}")
+    return value
+
+
+def json_or_none(response: httpx.Response) -> Any:
+    """The JSON of a provider's answer, or ``None`` when its body is not JSON."""
+    try:
+        return response.json()
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError both are ValueErrors
+        return None
+
+
+def address_list(message: EmailMessage, header: str) -> list[tuple[str, str]]:
+    """``(display name, address)`` pairs of every ``header`` field, display names decoded.
+
+    Uses the parsed addresses of a ``headerregistry.AddressHeader`` (messages built with a
+    modern policy), else parses the field's text; pairs without an address are left out.
+    """
+    pairs: list[tuple[str, str]] = []
+    for value in message.get_all(header) or []:
+        parsed = getattr(value, "addresses", None)  # a headerregistry.AddressHeader
+        if parsed is None:
+            pairs.extend(email.utils.getaddresses([str(value)]))
+        else:
+            pairs.extend((str(a.display_name), str(a.addr_spec)) for a in parsed)
+    return [(name, addr) for name, addr in pairs if addr]
+
+
+def text_body(message: EmailMessage, subtype: str) -> str | None:
+    """The ``text/<subtype>`` body (``plain`` or ``html``) of ``message``, decoded, with
+    ``\\n`` line ends, or ``None`` when it has none."""
+    part = message.get_body(preferencelist=(subtype,))
+    if not isinstance(part, EmailMessage) or part.get_content_subtype() != subtype:
+        return None
+    return str(part.get_content()).replace("\r\n", "\n")
+
+
+def header_value(value: str) -> str:
+    """``value`` as it may stand in a header: RFC 2047-encoded (UTF-8) when not ASCII."""
+    return value if value.isascii() else email.header.Header(value, "utf-8").encode()
