@@ -40,6 +40,7 @@ import httpx
 from crm_notify.errors import ConfigurationError, EspPermanentError
 from crm_notify.esp.http import (
     ERROR_BODY_CHARS,
+    STRUCTURAL_HEADERS,
     ApiRequest,
     EspUrl,
     HttpApiAdapter,
@@ -61,23 +62,7 @@ logger = logging.getLogger(__name__)
 SEND_PATH = "/v3/smtp/email"
 #: Headers not passed in ``headers``: standard ones, and those the JSON fields carry
 #: (lower case).
-NOT_PASSED_HEADERS = frozenset(
-    {
-        "from",
-        "to",
-        "cc",
-        "bcc",
-        "subject",
-        "reply-to",
-        "date",
-        "message-id",
-        "mime-version",
-        "content-type",
-        "content-transfer-encoding",
-        "sender",
-        "return-path",
-    }
-)
+NOT_PASSED_HEADERS = STRUCTURAL_HEADERS | {"reply-to", "message-id", "sender", "return-path"}
 #: Brevo's header whose string value its webhooks echo back.
 CUSTOM_DATA_HEADER = "X-Mailin-custom"
 #: Brevo's header (in the JSON ``headers``) naming the request's idempotency key.

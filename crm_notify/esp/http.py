@@ -39,6 +39,21 @@ DEFAULT_TIMEOUT_S = 30.0
 ERROR_BODY_CHARS = 500
 #: The header carrying our notification id on every message (set at render time).
 NOTIFICATION_ID_HEADER = "X-CRM-Notify-Id"
+#: Headers every API carries in its own fields (or sets itself), never as extra headers
+#: (lower case); an adapter adds the ones its provider also treats so.
+STRUCTURAL_HEADERS = frozenset(
+    {
+        "from",
+        "to",
+        "cc",
+        "bcc",
+        "subject",
+        "date",
+        "mime-version",
+        "content-type",
+        "content-transfer-encoding",
+    }
+)
 #: The header carrying the rule's name on every message.
 RULE_HEADER = "X-CRM-Notify-Rule"
 

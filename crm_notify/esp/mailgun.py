@@ -32,6 +32,7 @@ import httpx
 from crm_notify.errors import ConfigurationError, EspPermanentError
 from crm_notify.esp.http import (
     ERROR_BODY_CHARS,
+    STRUCTURAL_HEADERS,
     ApiRequest,
     EspUrl,
     HttpApiAdapter,
@@ -45,20 +46,6 @@ from crm_notify.esp.http import (
 
 #: The API host of each Mailgun region (``?region=``).
 REGION_HOSTS = {"us": "https://api.mailgun.net", "eu": "https://api.eu.mailgun.net"}
-#: Headers carried in dedicated fields (or set by Mailgun), not as ``h:`` fields.
-STRUCTURAL_HEADERS = frozenset(
-    {
-        "from",
-        "to",
-        "cc",
-        "bcc",
-        "subject",
-        "date",
-        "mime-version",
-        "content-type",
-        "content-transfer-encoding",
-    }
-)
 #: The basic-auth user name of the Mailgun API.
 API_USER = "api"
 

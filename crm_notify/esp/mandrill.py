@@ -31,6 +31,7 @@ import httpx
 from crm_notify.errors import ConfigurationError, EspPermanentError
 from crm_notify.esp.http import (
     ERROR_BODY_CHARS,
+    STRUCTURAL_HEADERS,
     ApiRequest,
     EspUrl,
     HttpApiAdapter,
@@ -48,20 +49,6 @@ SEND_PATH = "/api/1.0/messages/send.json"
 TRANSIENT_ERROR_NAMES = frozenset({"GeneralError", "ServiceUnavailable"})
 #: Per-recipient statuses of an accepted message.
 ACCEPTED_STATUSES = frozenset({"sent", "queued", "scheduled"})
-#: Headers carried in dedicated fields (or set by Mandrill), not in ``headers``.
-STRUCTURAL_HEADERS = frozenset(
-    {
-        "from",
-        "to",
-        "cc",
-        "bcc",
-        "subject",
-        "date",
-        "mime-version",
-        "content-type",
-        "content-transfer-encoding",
-    }
-)
 #: Mandrill's limit on the length of a tag.
 MAX_TAG_CHARS = 50
 

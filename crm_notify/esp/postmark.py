@@ -33,6 +33,7 @@ import httpx
 from crm_notify.errors import ConfigurationError, EspPermanentError
 from crm_notify.esp.http import (
     ERROR_BODY_CHARS,
+    STRUCTURAL_HEADERS,
     ApiRequest,
     EspUrl,
     HttpApiAdapter,
@@ -59,20 +60,7 @@ MAX_METADATA_VALUE_CHARS = 80
 #: Longest ``Tag`` Postmark accepts.
 MAX_TAG_CHARS = 1000
 #: Headers not passed in ``Headers``: those the JSON fields carry (lower case).
-NOT_PASSED_HEADERS = frozenset(
-    {
-        "from",
-        "to",
-        "cc",
-        "bcc",
-        "subject",
-        "reply-to",
-        "date",
-        "mime-version",
-        "content-type",
-        "content-transfer-encoding",
-    }
-)
+NOT_PASSED_HEADERS = STRUCTURAL_HEADERS | {"reply-to"}
 
 
 class PostmarkAdapter(HttpApiAdapter):

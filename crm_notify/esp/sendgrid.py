@@ -35,6 +35,7 @@ import httpx
 
 from crm_notify.errors import ConfigurationError, EspPermanentError
 from crm_notify.esp.http import (
+    STRUCTURAL_HEADERS,
     ApiRequest,
     EspUrl,
     HttpApiAdapter,
@@ -53,24 +54,13 @@ REGION_HOSTS = {"global": "https://api.sendgrid.com", "eu": "https://api.eu.send
 #: Longest category name SendGrid accepts.
 MAX_CATEGORY_CHARS = 255
 #: Headers SendGrid refuses in ``headers`` or that the JSON fields already carry (lower case).
-NOT_PASSED_HEADERS = frozenset(
-    {
-        "x-sg-id",
-        "x-sg-eid",
-        "received",
-        "dkim-signature",
-        "content-type",
-        "content-transfer-encoding",
-        "to",
-        "from",
-        "subject",
-        "reply-to",
-        "cc",
-        "bcc",
-        "date",
-        "mime-version",
-    }
-)
+NOT_PASSED_HEADERS = STRUCTURAL_HEADERS | {
+    "reply-to",
+    "x-sg-id",
+    "x-sg-eid",
+    "received",
+    "dkim-signature",
+}
 
 
 class SendGridAdapter(HttpApiAdapter):
