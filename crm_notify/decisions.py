@@ -217,6 +217,65 @@ def add_to_digest(
     return timer
 
 
+def defer_send(
+    session: Session,
+    *,
+    rule: Rule,
+    step_index: int,
+    verdict: Verdict,
+    contact_id: int,
+    context: dict[str, Any],
+    idempotency_key: str,
+    trigger_at: datetime,
+    event_id: int | None,
+    entity_type: str | None = None,
+    entity_id: str | None = None,
+    dedupe_key: str | None = None,
+) -> Timer | None:
+    """Carry out a ``defer`` verdict: join the contact's digest (``over_limit: digest``), or
+    return the timer that retries the send at ``verdict.until`` (the caller inserts it)."""
+    assert verdict.until is not None
+    if is_digest(verdict):
+        add_to_digest(
+            session,
+            rule=rule,
+            contact_id=contact_id,
+            until=verdict.until,
+            item=digest_item(context),
+        )
+        return None
+    return deferred_timer(
+        rule=rule,
+        step_index=step_index,
+        until=verdict.until,
+        idempotency_key=idempotency_key,
+        contact_id=contact_id,
+        trigger_at=trigger_at,
+        event_id=event_id,
+        entity_type=entity_type,
+        entity_id=entity_id,
+        dedupe_key=dedupe_key,
+    )
+
+
+def _postpone_digest(session: Session, digest: Timer, verdict: Verdict) -> None:
+    """A digest the guards deferred again goes out later as a new digest timer with the same
+    items (later sends over the cap join it)."""
+    assert verdict.until is not None
+    session.add(
+        Timer(
+            key=f"digest:{digest.rule}:{digest.contact_id}:{uuid.uuid4().hex}",
+            kind=TimerKind.DIGEST,
+            rule=digest.rule,
+            step=0,
+            contact_id=digest.contact_id,
+            trigger_at=digest.trigger_at,
+            due_at=verdict.until,
+            payload=digest.payload,
+        )
+    )
+
+
 def digest_item(context: dict[str, Any]) -> dict[str, Any]:
     """What a digest keeps of one send: its template data without the contact (the digest
     renders with the contact as it is when it goes out), and of the event only its name,
@@ -289,34 +348,25 @@ def decide_send(
         refuse(verdict.reason, verdict)
         return None
     if verdict.outcome == DecisionOutcome.DEFER:
-        assert verdict.until is not None
-        if is_digest(verdict) and template is None:
-            add_to_digest(
+        if timer is not None and timer.kind == TimerKind.DIGEST:
+            _postpone_digest(session, timer, verdict)
+        else:
+            retry = defer_send(
                 session,
                 rule=rule,
+                step_index=step_index,
+                verdict=verdict,
                 contact_id=contact.id,
-                until=verdict.until,
-                item=digest_item(context),
+                context=context,
+                idempotency_key=idempotency_key,
+                trigger_at=timer.trigger_at if timer is not None else now(),
+                event_id=event_id,
+                entity_type=timer.entity_type if timer is not None else None,
+                entity_id=timer.entity_id if timer is not None else None,
+                dedupe_key=dedupe_key,
             )
-            refuse(verdict.reason, verdict)
-            return None
-        repository_timer = deferred_timer(
-            rule=rule,
-            step_index=step_index,
-            until=verdict.until,
-            idempotency_key=idempotency_key,
-            contact_id=contact.id,
-            trigger_at=timer.trigger_at if timer is not None else now(),
-            event_id=event_id,
-            entity_type=timer.entity_type if timer is not None else None,
-            entity_id=timer.entity_id if timer is not None else None,
-            dedupe_key=dedupe_key,
-        )
-        if timer is not None and timer.kind == TimerKind.DIGEST:
-            repository_timer.kind = TimerKind.DIGEST
-            repository_timer.key = f"digest:{rule.name}:{contact.id}:{uuid.uuid4().hex}"
-            repository_timer.payload = timer.payload
-        session.add(repository_timer)
+            if retry is not None:
+                session.add(retry)
         refuse(verdict.reason, verdict)
         return None
     step = rule.steps[step_index]

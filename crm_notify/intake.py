@@ -14,7 +14,7 @@ statements instead of several round trips per call).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -45,12 +45,9 @@ from crm_notify.contacts.repository import (
 )
 from crm_notify.db import insert_rows, new_row, session_scope
 from crm_notify.decisions import (
-    add_to_digest,
     attempt_for,
-    deferred_timer,
-    digest_item,
+    defer_send,
     failing_condition,
-    is_digest,
     order_window_refusal,
     rule_unique_key,
     unique_key_refusal,
@@ -60,7 +57,13 @@ from crm_notify.events.emails import normalise_email
 from crm_notify.events.models import Event
 from crm_notify.events.schemas import SegmentCall
 from crm_notify.guards import PlannedSend, SendPolicy, Verdict
-from crm_notify.guards.consent import consent_from_call, preload_consent, record_changes
+from crm_notify.guards.consent import (
+    DEFAULT_CATEGORIES,
+    DEFAULT_TRAITS,
+    consent_from_call,
+    preload_consent,
+    record_changes,
+)
 from crm_notify.guards.models import ConsentRecord
 from crm_notify.guards.suppression import preload_suppressions
 from crm_notify.outbox import repository
@@ -202,19 +205,17 @@ class Intake:
         rules: RuleSet,
         policy: SendPolicy | None = None,
         enqueue: Callable[[Sequence[int]], None] | None = None,
-        consent_categories: dict[str, str] | None = None,
-        consent_traits: dict[str, str] | None = None,
+        consent_categories: Mapping[str, str] | None = None,
+        consent_traits: Mapping[str, str] | None = None,
     ) -> None:
         self._engine = engine
         self.rules = rules
         self._policy = policy or SendPolicy.standard()
         self._enqueue = enqueue
         self._consent_categories = (
-            {"marketing": "marketing"} if consent_categories is None else consent_categories
+            DEFAULT_CATEGORIES if consent_categories is None else consent_categories
         )
-        self._consent_traits = (
-            {"marketing_consent": "marketing"} if consent_traits is None else consent_traits
-        )
+        self._consent_traits = DEFAULT_TRAITS if consent_traits is None else consent_traits
 
     def ingest(self, calls: Sequence[SegmentCall], source: str = "api") -> IngestResult:
         """Apply ``calls`` in one transaction and enqueue the notifications they produced.
@@ -629,37 +630,29 @@ class Intake:
         """The decision for a send the guards skipped or deferred; a deferral schedules its
         retry (or joins the digest)."""
         assert contact.id is not None
-        reason = verdict.reason
         if verdict.outcome == DecisionOutcome.DEFER:
-            assert verdict.until is not None
-            if is_digest(verdict):
-                add_to_digest(
-                    session,
-                    rule=rule,
-                    contact_id=contact.id,
-                    until=verdict.until,
-                    item=digest_item(context),
-                )
-            else:
-                cart_id = _cart_id(call)
-                timer = deferred_timer(
-                    rule=rule,
-                    step_index=0,
-                    until=verdict.until,
-                    idempotency_key=f"{rule.name}:{call.message_id}",
-                    contact_id=contact.id,
-                    trigger_at=min(call.timestamp, now() + MAX_CLOCK_SKEW),
-                    event_id=None,
-                    entity_type="cart" if cart_id is not None else None,
-                    entity_id=cart_id,
-                    dedupe_key=dedupe_key,
-                )
-                batch.timers.append((timer, call.message_id))
+            cart_id = _cart_id(call)
+            retry = defer_send(
+                session,
+                rule=rule,
+                step_index=0,
+                verdict=verdict,
+                contact_id=contact.id,
+                context=context,
+                idempotency_key=f"{rule.name}:{call.message_id}",
+                trigger_at=min(call.timestamp, now() + MAX_CLOCK_SKEW),
+                event_id=None,  # set once the event is inserted
+                entity_type="cart" if cart_id is not None else None,
+                entity_id=cart_id,
+                dedupe_key=dedupe_key,
+            )
+            if retry is not None:
+                batch.timers.append((retry, call.message_id))
         return _Verdict(
             rule.name,
             event,
             contact.id,
-            reason,
+            verdict.reason,
             outcome=verdict.outcome,
             details=verdict.details or None,
         )
