@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import sys
@@ -12,10 +13,6 @@ from typing import Any, NoReturn
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from crm_notify.commands import consent as consent_commands
-from crm_notify.commands import explain as explain_commands
-from crm_notify.commands import gdpr as gdpr_commands
-from crm_notify.commands import suppression as suppression_commands
 from crm_notify.config import Settings, load_settings
 from crm_notify.errors import ConfigurationError, CrmNotifyError, RuleFileError
 
@@ -46,8 +43,30 @@ class _Context:
 
 pass_ctx = click.make_pass_decorator(_Context)
 
+#: Command groups in ``crm_notify/commands/``: name -> (module, object), imported only when the
+#: command runs (or ``--help`` lists it), so other commands start without them.
+LAZY_COMMANDS = {
+    "consent": ("crm_notify.commands.consent", "consent"),
+    "explain": ("crm_notify.commands.explain", "explain"),
+    "gdpr": ("crm_notify.commands.gdpr", "gdpr"),
+    "suppressions": ("crm_notify.commands.suppression", "suppressions"),
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY_COMMANDS:
+            module, name = LAZY_COMMANDS[cmd_name]
+            command: click.Command = getattr(importlib.import_module(module), name)
+            return command
+        return super().get_command(ctx, cmd_name)
+
 
 @click.group(
+    cls=_LazyGroup,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="""\b
 Examples:
@@ -519,11 +538,3 @@ def events_send(ctx: _Context, file: str, source: str) -> None:
         f"accepted {result.accepted}, duplicates {result.duplicates}, "
         f"notifications {len(result.notification_ids)}"
     )
-
-
-# --- guards and data protection (command groups in crm_notify/commands/) ----------------------
-
-main.add_command(consent_commands.consent)
-main.add_command(suppression_commands.suppressions)
-main.add_command(explain_commands.explain)
-main.add_command(gdpr_commands.gdpr)
