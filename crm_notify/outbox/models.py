@@ -52,7 +52,11 @@ class Notification(SQLModel, table=True):
     ``dedupe_key`` (e.g. the order id): one notification per rule, contact and key, enforced by
     a unique constraint. ``context`` is the plain data the template
     renders with, as it was when the decision was taken; ``message`` is the exact MIME message,
-    kept once rendered so a retry sends the same bytes with the same Message-ID.
+    kept once rendered so a retry sends the same bytes with the same Message-ID. ``esp`` is
+    the ESP that has the message, or may have it (an attempt whose outcome is unknown pins the
+    notification to that ESP: failover must not send it through another).
+    ``response_status`` is the HTTP status a webhook action got back. ``first_attempt_at``
+    starts the clock of the dead-letter age (reset by ``crm-notify outbox retry``).
     """
 
     __table_args__ = (
@@ -84,11 +88,13 @@ class Notification(SQLModel, table=True):
     message_id: str | None = Field(default=None, max_length=255)
     message: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
     esp: str | None = Field(default=None, max_length=64)
-    esp_message_id: str | None = Field(default=None, max_length=255)
+    esp_message_id: str | None = Field(default=None, max_length=255, index=True)
+    response_status: int | None = None
     last_error: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
     created_at: datetime = Field(default_factory=now, sa_column=utc_column())
     updated_at: datetime = Field(default_factory=now, sa_column=utc_column(index=True))
     sent_at: datetime | None = Field(default=None, sa_column=utc_column(nullable=True))
+    first_attempt_at: datetime | None = Field(default=None, sa_column=utc_column(nullable=True))
 
 
 class NotificationStatusChange(SQLModel, table=True):
