@@ -41,7 +41,9 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.ForeignKeyConstraint(
-            ["notification_id"], ["notification.id"], name="fk_tracking_event_notification_id_notification"
+            ["notification_id"],
+            ["notification.id"],
+            name="fk_tracking_event_notification_id_notification",
         ),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("event_key"),
