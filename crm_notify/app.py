@@ -20,6 +20,8 @@ from crm_notify.events.api import make_router
 from crm_notify.events.schemas import SegmentCall
 from crm_notify.runtime import Runtime
 from crm_notify.unsubscribe.api import make_router as make_unsubscribe_router
+from crm_notify.webhooks.api import make_router as make_tracking_router
+from crm_notify.webhooks.registry import build_webhooks
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +92,14 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     app.include_router(
         make_unsubscribe_router(
             engine=rt.engine, secret_key=rt.secret_key, purposes=settings.purpose_names
+        )
+    )
+    app.include_router(
+        make_tracking_router(
+            engine=rt.engine,
+            webhooks=build_webhooks(settings, rt.esp_providers),
+            public_url=settings.base_url,
+            purposes=settings.purpose_names,
         )
     )
 

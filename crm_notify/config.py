@@ -8,6 +8,7 @@ Entry points (CLI, app factory, worker) build :class:`Settings` once and pass it
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -85,7 +86,18 @@ class Settings(BaseSettings):
     sending_lease_s: float = Field(
         600.0, gt=0, description="Seconds after which a send that never finished is retried."
     )
-    max_delivery_attempts: int = Field(8, ge=1, le=100, description="Attempts before failing.")
+    max_delivery_attempts: int = Field(
+        60,
+        ge=1,
+        le=1000,
+        description="Attempts before a transient failure becomes failed (dead-lettered); the "
+        "default covers DELIVERY_MAX_AGE 24h (at most ~57 attempts with the 1 h backoff cap).",
+    )
+    delivery_max_age: timedelta = Field(
+        timedelta(hours=24),
+        description="How long a notification may keep failing transiently, from its first "
+        "attempt, before it is dead-lettered (failed): a duration such as 24h, 90m, 2d.",
+    )
     public_url: str | None = Field(
         None,
         description="The service's public base URL, for unsubscribe links "
@@ -128,6 +140,54 @@ class Settings(BaseSettings):
     )
     retention_days: int = Field(
         365, ge=1, description="`gdpr purge` deletes events and rendered bodies older than this."
+    )
+    esps: dict[str, str] = Field(
+        default_factory=dict,
+        description='JSON, in failover order: ESP name -> URL, e.g. {"primary": '
+        '"sendgrid://${SENDGRID_API_KEY}@", "backup": "smtp://mail.example.com:587"}; '
+        "${NAME} is read from the environment. Set, it replaces CRM_NOTIFY_ESP_URL.",
+    )
+    esp_failover_threshold: int = Field(
+        5, ge=1, description="Transient failures in a row after which an ESP is skipped."
+    )
+    esp_failover_cooldown_s: float = Field(
+        60.0, gt=0, description="Seconds a skipped ESP rests before it is tried again."
+    )
+    webhook_tolerance_s: float = Field(
+        300.0,
+        ge=0,
+        description="Largest age of a signed tracking-webhook call (SendGrid, Mailgun, SES); "
+        "0 turns the age check off (replaying captured events).",
+    )
+    sendgrid_webhook_public_key: str | None = Field(
+        None, description="SendGrid Signed Event Webhook verification key (base64)."
+    )
+    mailgun_webhook_signing_key: SecretStr | None = Field(
+        None, description="Mailgun HTTP webhook signing key."
+    )
+    mandrill_webhook_key: SecretStr | None = Field(
+        None, description="Mailchimp Transactional (Mandrill) webhook authentication key."
+    )
+    mandrill_webhook_url: str | None = Field(
+        None,
+        description="The webhook URL exactly as entered in Mandrill (it is signed); default "
+        "PUBLIC_URL/v1/webhooks/esp/mandrill.",
+    )
+    postmark_webhook_auth: SecretStr | None = Field(
+        None, description="user:password that Postmark sends as HTTP Basic auth."
+    )
+    brevo_webhook_auth: SecretStr | None = Field(
+        None, description="user:password that Brevo sends as HTTP Basic auth."
+    )
+    brevo_webhook_token: SecretStr | None = Field(
+        None, description="Bearer token that Brevo sends in the Authorization header."
+    )
+    ses_webhook_topic_arns: str | None = Field(
+        None, description="Comma-separated SNS topic ARNs whose SES notifications are accepted."
+    )
+    sns_certificate_hosts: str = Field(
+        "sns.*.amazonaws.com",
+        description="Hosts (fnmatch patterns) SNS signing certificates may come from.",
     )
 
     @field_validator("database_url")
@@ -236,6 +296,17 @@ class Settings(BaseSettings):
         if value.strip():
             parse_limit(value)  # ValueError says what is wrong
         return value.strip()
+
+    @field_validator("delivery_max_age", mode="before")
+    @classmethod
+    def _check_delivery_max_age(cls, value: Any) -> Any:
+        from crm_notify.rules.durations import parse_duration
+
+        if isinstance(value, str):
+            value = parse_duration(value.strip())  # ValueError says what is wrong
+        if isinstance(value, timedelta) and value <= timedelta(0):
+            raise ValueError("must be a positive duration, e.g. 24h, 90m, 2d")
+        return value
 
     @field_validator("default_timezone")
     @classmethod

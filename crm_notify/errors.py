@@ -12,9 +12,12 @@
     ├── RenderError                 templates
     │   ├── TemplateNotFoundError     no such template (or language variant)
     │   └── SandboxLimitError         a template or condition exceeded a resource bound
-    └── EspError                    delivery through an email service provider
-        ├── EspTransientError         worth retrying (network, timeout, 4xx greylisting, 5xx)
-        └── EspPermanentError         retrying will not help (rejected recipient, bad credentials)
+    ├── EspError                    delivery through an email service provider
+    │   ├── EspTransientError         worth retrying (network, timeout, 4xx greylisting, 5xx)
+    │   └── EspPermanentError         retrying will not help (rejected recipient, bad credentials)
+    └── WebhookError                a provider's tracking webhook call was refused
+        ├── WebhookAuthError          missing or wrong credentials or signature (HTTP 401/403)
+        └── WebhookPayloadError       the body is not in the provider's format (HTTP 400)
 
     ConfigurationError              invalid settings; outside the tree so no handler swallows it
 """
@@ -148,6 +151,39 @@ class EspTransientError(EspError):
 
 class EspPermanentError(EspError):
     """A delivery failure that retrying will not fix."""
+
+
+class WebhookError(CrmNotifyError):
+    """Base for refused tracking-webhook calls.
+
+    Parameters:
+        provider: the webhook's provider, e.g. ``"sendgrid"``.
+        message: what is wrong (never the secret, never an address).
+        status_code: the HTTP status to answer with.
+    """
+
+    status_code = 400
+
+    def __init__(self, provider: str, message: str) -> None:
+        self.provider = provider
+        self.message = message
+        super().__init__(f"{provider} webhook: {message}")
+
+
+class WebhookAuthError(WebhookError):
+    """The call is not authentic: credentials missing (401) or wrong, or a bad signature (403).
+
+    Parameters:
+        missing: ``True`` when no credentials or signature came at all (answered with 401).
+    """
+
+    def __init__(self, provider: str, message: str, *, missing: bool = False) -> None:
+        super().__init__(provider, message)
+        self.status_code = 401 if missing else 403
+
+
+class WebhookPayloadError(WebhookError):
+    """The body is not in the provider's documented format."""
 
 
 class ConfigurationError(Exception):

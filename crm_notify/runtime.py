@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 from crm_notify.config import Settings
 from crm_notify.db import make_engine, session_scope
 from crm_notify.esp.base import EspAdapter
-from crm_notify.esp.factory import adapter_from_url
+from crm_notify.esp.factory import adapter_from_url, configured_esps, esp_providers
 from crm_notify.esp.rate_limited import (
     LocalSendRateLimiter,
     RateLimitedAdapter,
@@ -135,6 +135,11 @@ class Runtime:
             policy=SendPolicy.from_settings(settings),
             secret_key=load_secret_key(settings),
         )
+
+    @property
+    def esp_providers(self) -> dict[str, str]:
+        """ESP name -> provider of the configured ESPs (tracking webhooks answer both)."""
+        return esp_providers(configured_esps(self.settings))
 
     def enqueue(self, notification_ids: Sequence[int]) -> None:
         """Hand notifications to the broker, then mark them ``queued``.

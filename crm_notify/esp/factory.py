@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import os
+import re
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from crm_notify.config import Settings
 from crm_notify.errors import ConfigurationError
 from crm_notify.esp.base import EspAdapter
 from crm_notify.esp.console import ConsoleAdapter
@@ -22,6 +25,9 @@ API_ADAPTERS: dict[str, tuple[str, str]] = {
     "mailgun": ("crm_notify.esp.mailgun", "MailgunAdapter"),
     "ses": ("crm_notify.esp.ses", "SesAdapter"),
 }
+
+#: A ``${NAME}`` reference to an environment variable in a configured ESP URL.
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 #: Values of boolean URL options read as true.
 TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
@@ -79,3 +85,35 @@ def adapter_from_url(url: str, *, base_dir: Path | None = None) -> EspAdapter:
         adapter: EspAdapter = adapter_class.from_esp_url(parse_esp_url(url))
         return adapter
     raise ConfigurationError(f"CRM_NOTIFY_ESP_URL: unsupported scheme {parts.scheme!r}")
+
+
+def expand_environment(url: str, *, setting: str = "CRM_NOTIFY_ESPS") -> str:
+    """``url`` with every ``${NAME}`` replaced by that environment variable.
+
+    Raises:
+        ConfigurationError: a referenced variable is not set (named with ``setting``).
+    """
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise ConfigurationError(f"{setting}: environment variable {name} is not set")
+        return os.environ[name]
+
+    return ENV_REFERENCE.sub(value, url)
+
+
+def configured_esps(settings: Settings) -> dict[str, str]:
+    """The ESPs to deliver through, in failover order: name -> URL (references expanded).
+
+    ``CRM_NOTIFY_ESPS`` when set, else the single ``CRM_NOTIFY_ESP_URL`` named after its
+    scheme (``smtp``, ``sendgrid``, ...).
+    """
+    if settings.esps:
+        return {name: expand_environment(url) for name, url in settings.esps.items()}
+    return {urlsplit(settings.esp_url).scheme: settings.esp_url}
+
+
+def esp_providers(esps: dict[str, str]) -> dict[str, str]:
+    """ESP name -> provider (its URL scheme, ``smtps`` counted as ``smtp``)."""
+    return {name: urlsplit(url).scheme.replace("smtps", "smtp") for name, url in esps.items()}

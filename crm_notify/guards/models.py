@@ -21,6 +21,7 @@ class ConsentSource(enum.StrEnum):
     UNSUBSCRIBE_LINK = "unsubscribe_link"
     PREFERENCE_PAGE = "preference_page"
     ADMIN = "admin"
+    ESP_WEBHOOK = "esp_webhook"
 
 
 class LawfulBasis(enum.StrEnum):
