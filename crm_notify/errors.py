@@ -134,6 +134,9 @@ class EspTransientError(EspError):
 
     Parameters:
         retry_after_s: seconds the provider asked us to wait, when it said.
+        maybe_accepted: the request reached the provider and no answer came back (a read
+            timeout, a connection dropped mid-transaction): the provider may have the message,
+            so it must not be handed to another ESP.
     """
 
     def __init__(
@@ -144,9 +147,11 @@ class EspTransientError(EspError):
         status_code: int | None = None,
         body: str = "",
         retry_after_s: float | None = None,
+        maybe_accepted: bool = False,
     ) -> None:
         super().__init__(esp, message, status_code=status_code, body=body)
         self.retry_after_s = retry_after_s
+        self.maybe_accepted = maybe_accepted
 
 
 class EspPermanentError(EspError):

@@ -208,6 +208,16 @@ class HttpApiAdapter(EspAdapter):
                 data=request.data,
                 auth=request.auth,
             )
+        except (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError) as exc:
+            # The request went out whole; whether the provider took it is unknown.
+            what = (
+                "timeout waiting for the answer"
+                if isinstance(exc, httpx.ReadTimeout)
+                else "no answer"
+            )
+            raise EspTransientError(
+                self.name, f"{what} (the provider may have the message): {exc}", maybe_accepted=True
+            ) from exc
         except httpx.TimeoutException as exc:
             raise EspTransientError(self.name, f"timeout: {exc}") from exc
         except httpx.TransportError as exc:

@@ -199,7 +199,9 @@ class SmtpAdapter(EspAdapter):
             except smtplib.SMTPServerDisconnected as exc:
                 self._drop_connection()
                 if attempt == 2:
-                    raise EspTransientError(self.name, f"server disconnected: {exc}") from exc
+                    raise EspTransientError(
+                        self.name, f"server disconnected: {exc}", maybe_accepted=True
+                    ) from exc
                 continue
             except smtplib.SMTPRecipientsRefused as exc:
                 self._reset(client)
@@ -218,9 +220,11 @@ class SmtpAdapter(EspAdapter):
                 if 400 <= exc.smtp_code < 500:
                     raise EspTransientError(self.name, text, status_code=exc.smtp_code) from exc
                 raise EspPermanentError(self.name, text, status_code=exc.smtp_code) from exc
-            except OSError as exc:
+            except OSError as exc:  # mid-transaction: the message may have been taken
                 self._drop_connection()
-                raise EspTransientError(self.name, f"network error: {exc}") from exc
+                raise EspTransientError(
+                    self.name, f"network error: {exc}", maybe_accepted=True
+                ) from exc
             if refused:
                 codes = [code for code, _msg in refused.values()]
                 raise EspPermanentError(self.name, "some recipients refused", status_code=codes[0])
