@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from crm_notify import __version__
 from crm_notify.admin import decisions as admin_decisions
+from crm_notify.admin import kpis as admin_kpis
 from crm_notify.admin import suppressions as admin_suppressions
 from crm_notify.admin.consent import make_router as make_consent_router
 from crm_notify.auth.api_keys import ApiKeyAuthenticator
@@ -94,6 +95,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
             engine=rt.engine, secret_key=rt.secret_key, purposes=settings.purpose_names
         )
     )
+    app.include_router(admin_kpis.make_router(engine=rt.engine, authenticate=authenticate))
     app.include_router(
         make_tracking_router(
             engine=rt.engine,

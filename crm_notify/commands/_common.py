@@ -12,10 +12,12 @@ import click
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from crm_notify.clock import now
 from crm_notify.config import Settings
 from crm_notify.contacts.models import Contact
 from crm_notify.contacts.repository import find_contact_by_ref
 from crm_notify.db import make_engine
+from crm_notify.explain import parse_moment
 from crm_notify.migrations import pending_revision
 
 #: How a command's help names a contact.
@@ -71,3 +73,17 @@ def os_user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "cli"
+
+
+def moment_option(value: str | None, name: str, *, end_of_day: bool = False) -> Any:
+    """The moment an option such as ``--since 7d`` or ``--until 2026-11-20`` names, or ``None``.
+
+    Raises:
+        click.BadParameter: not a date, date-time or duration (naming ``name``).
+    """
+    if value is None:
+        return None
+    try:
+        return parse_moment(value, now=now(), end_of_day=end_of_day)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=name) from exc

@@ -8,19 +8,9 @@ from typing import Any
 import click
 from sqlmodel import Session
 
-from crm_notify.clock import now
-from crm_notify.commands._common import find_contact, migrated_engine
-from crm_notify.explain import DEFAULT_LIMIT, explain_contact, parse_moment
+from crm_notify.commands._common import find_contact, migrated_engine, moment_option
+from crm_notify.explain import DEFAULT_LIMIT, explain_contact
 from crm_notify.explain_text import format_timeline
-
-
-def _moment(value: str | None, name: str, *, end_of_day: bool = False) -> Any:
-    if value is None:
-        return None
-    try:
-        return parse_moment(value, now=now(), end_of_day=end_of_day)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint=name) from exc
 
 
 @click.command("explain")
@@ -54,8 +44,8 @@ def explain(
       crm-notify explain --contact user:u1 --rule abandoned-cart --json
     """
     settings = obj.settings
-    since_at = _moment(since, "--since")
-    until_at = _moment(until, "--until", end_of_day=True)
+    since_at = moment_option(since, "--since")
+    until_at = moment_option(until, "--until", end_of_day=True)
     with migrated_engine(settings) as engine, Session(engine) as session:
         timeline = explain_contact(
             session=session,
