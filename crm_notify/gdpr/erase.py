@@ -40,6 +40,7 @@ from crm_notify.outbox.models import (
     NotificationStatusChange,
 )
 from crm_notify.timers.models import Timer
+from crm_notify.webhooks.models import TrackingEventRecord
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class ErasureReport:
     carts_deleted: int = 0
     timers_deleted: int = 0
     consent_records_deleted: int = 0
+    tracking_events_deleted: int = 0
     other_contacts_scrubbed: int = 0
     suppression_id: int | None = None
 
@@ -148,6 +150,17 @@ def erase_contact(*, session: Session, contact: Contact, actor: str) -> ErasureR
             .where(col(NotificationStatusChange.notification_id).in_(notification_ids))
             .values(detail=None)
         )
+    )
+    # 3b. the providers' tracking events (their payloads hold the address)
+    tracked: list[sa.ColumnElement[bool]] = [
+        col(TrackingEventRecord.notification_id).in_(notification_ids)
+    ]
+    if address:
+        tracked.append(
+            col(TrackingEventRecord.recipient_hash) == address_hash(address, strict=False)
+        )
+    report.tracking_events_deleted = _count(
+        run(sa.delete(TrackingEventRecord).where(sa.or_(*tracked)))
     )
     # 4. timers, orders, carts
     run(

@@ -15,6 +15,7 @@ from crm_notify.guards.models import ConsentRecord, Suppression
 from crm_notify.guards.suppression import address_hash_or_none
 from crm_notify.outbox.models import Decision, Notification, NotificationStatusChange
 from crm_notify.timers.models import Timer
+from crm_notify.webhooks.models import TrackingEventRecord
 
 #: Version of the export's layout, for whoever reads it later.
 EXPORT_FORMAT = 1
@@ -23,7 +24,8 @@ EXPORT_FORMAT = 1
 def export_contact(*, session: Session, contact: Contact) -> dict[str, Any]:
     """Everything held on ``contact``: the contact row, events (with payloads), orders,
     carts, notifications (rendered subject and message, template context, status history),
-    decisions, consent records, suppression entries for their address and timers.
+    decisions, consent records, suppression entries for their address, timers and the
+    providers' tracking events about their mail.
 
     Returns:
         A dict of plain JSON data (``json.dumps`` takes it as is).
@@ -69,6 +71,14 @@ def export_contact(*, session: Session, contact: Contact) -> dict[str, Any]:
             ),
         ),
         "timers": _rows(session, Timer, Timer.contact_id == contact.id),
+        "tracking_events": _rows(
+            session,
+            TrackingEventRecord,
+            or_(
+                col(TrackingEventRecord.notification_id).in_(_scope.notification_ids(contact)),
+                TrackingEventRecord.recipient_hash == (digest or ""),
+            ),
+        ),
     }
 
 

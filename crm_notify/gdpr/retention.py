@@ -4,7 +4,9 @@ Events older than the age are deleted (decisions, timers, notifications and cons
 keep their rows but lose the link), except those a pending timer still needs to fire.
 Finished notifications (sent, failed, cancelled) older than the age keep their status and
 ids for counts but lose their rendered subject and message and their template context, and
-finished timers lose their payload (a digest's copies of the sends it merged).
+finished timers lose their payload (a digest's copies of the sends it merged). Tracking
+events older than the age keep their type and link (for the KPIs) but lose the provider's
+payload and description.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from crm_notify.events.models import Event
 from crm_notify.guards.models import ConsentRecord
 from crm_notify.outbox.models import Decision, Notification, NotificationStatus
 from crm_notify.timers.models import Timer, TimerStatus
+from crm_notify.webhooks.models import TrackingEventRecord
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +92,11 @@ def purge(*, session: Session, older_than: timedelta) -> PurgeReport:
             col(Timer.payload).is_not(None),
         )
         .values(payload=None)
+    )
+    session.execute(
+        sa.update(TrackingEventRecord)
+        .where(col(TrackingEventRecord.received_at) < cutoff)
+        .values(payload={}, description=None, url=None)
     )
     report = PurgeReport(cutoff, deleted, int(getattr(cleared, "rowcount", 0) or 0))
     logger.info(

@@ -15,6 +15,8 @@ from crm_notify.guards.models import ConsentRecord, Suppression
 from crm_notify.guards.suppression import address_hash, suppressed_for
 from crm_notify.outbox.models import Decision, Notification, NotificationStatusChange
 from crm_notify.timers.models import Timer
+from crm_notify.webhooks.events import EventType, TrackingEvent
+from crm_notify.webhooks.ingest import record_tracking_events
 from tests.gdpr.conftest import ANONYMOUS_ID, EMAIL, NAME, USER_ID, World, build_alice, call
 
 #: What must not be found anywhere after erasure (compared lower-cased).
@@ -56,8 +58,38 @@ def test_erase_leaves_no_trace_in_any_table(world: World) -> None:
         ).one()
         assert shipped.status == "sent"
         assert shipped.message is not None and NAME in shipped.message
+    # and two tracking events about her mail: one linked to it, one only by her address
+    with session_scope(world.engine) as session:
+        record_tracking_events(
+            session=session,
+            provider="sendgrid",
+            events=[
+                TrackingEvent(
+                    event_type=EventType.OPENED,
+                    provider_event_type="open",
+                    notification_id=shipped.id,
+                    event_id="e-open",
+                    payload={"email": EMAIL},
+                ),
+                TrackingEvent(
+                    event_type=EventType.DEFERRED,
+                    provider_event_type="deferred",
+                    recipient=EMAIL.upper(),
+                    event_id="e-deferred",
+                    payload={"email": EMAIL},
+                ),
+                TrackingEvent(
+                    event_type=EventType.DELIVERED,
+                    provider_event_type="delivered",
+                    recipient="bob@example.com",
+                    event_id="e-bob",
+                    payload={"email": "bob@example.com"},
+                ),
+            ],
+        )
     tables_with_traces = {table for table, _ in _traces(world)}
     assert {
+        "tracking_event",
         "contact",
         "event",
         "notification",
@@ -75,6 +107,7 @@ def test_erase_leaves_no_trace_in_any_table(world: World) -> None:
     assert report.orders_deleted == report.carts_deleted == 1
     assert report.timers_deleted >= 1
     assert report.consent_records_deleted == 1
+    assert report.tracking_events_deleted == 2  # Bob's stays
     assert report.notifications_anonymised >= 2  # welcome and order-shipped
     assert report.other_contacts_scrubbed == 1
     with Session(world.engine) as session:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from crm_notify.contacts.models import Contact
+from crm_notify.db import session_scope
 from crm_notify.gdpr import export_contact
+from crm_notify.outbox.models import Notification
+from crm_notify.webhooks.events import EventType, TrackingEvent
+from crm_notify.webhooks.ingest import record_tracking_events
 from tests.gdpr.conftest import EMAIL, NAME, USER_ID, World, build_alice
 
 
@@ -52,3 +56,39 @@ def test_export_holds_every_kind_of_data_on_the_person(world: World) -> None:
         ("marketing", "complaint")
     ]
     assert isinstance(data["exported_at"], str)
+
+
+def test_export_holds_the_tracking_events_about_her_mail(world: World) -> None:
+    build_alice(world)
+    alice = world.contact()
+    with session_scope(world.engine) as session:
+        shipped = session.exec(
+            select(Notification).where(Notification.rule == "order-shipped")
+        ).one()
+        record_tracking_events(
+            session=session,
+            provider="postmark",
+            events=[
+                TrackingEvent(
+                    event_type=EventType.DELIVERED,
+                    provider_event_type="Delivery",
+                    notification_id=shipped.id,
+                    event_id="e-1",
+                ),
+                TrackingEvent(
+                    event_type=EventType.BOUNCED,
+                    provider_event_type="SoftBounce",
+                    recipient=EMAIL,
+                    event_id="e-2",
+                ),
+                TrackingEvent(
+                    event_type=EventType.OPENED,
+                    provider_event_type="Open",
+                    recipient="bob@example.com",
+                    event_id="e-3",
+                ),
+            ],
+        )
+    with Session(world.engine) as session:
+        data = export_contact(session=session, contact=session.get(Contact, alice.id))
+    assert [e["provider_event_type"] for e in data["tracking_events"]] == ["Delivery", "SoftBounce"]
