@@ -85,6 +85,7 @@ class Runtime:
             adapter=self.adapter,
             mail_from=self.settings.mail_from,
             max_attempts=self.settings.max_delivery_attempts,
+            max_age=self.settings.delivery_max_age,
             schedule_retry=lambda nid, delay: self.actors.schedule_delivery(nid, delay),
             policy=self.policy,
             unsubscribe=self.unsubscribe_links,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import email
 import email.policy
 import logging
+import random
 import re
 import smtplib
 import time
@@ -46,20 +47,44 @@ from crm_notify.outbox import repository
 from crm_notify.outbox.models import DecisionOutcome, Notification
 from crm_notify.render.mime import build_message, make_message_id
 from crm_notify.render.templates import TemplateStore
+from crm_notify.rules.durations import format_duration
 from crm_notify.unsubscribe.headers import list_unsubscribe_headers, plain_list_unsubscribe
 from crm_notify.unsubscribe.links import UnsubscribeLinks
 
 logger = logging.getLogger(__name__)
 
-#: Backoff before retry n (1-based), capped at the last value.
-RETRY_BACKOFF = (
-    timedelta(seconds=10),
-    timedelta(seconds=30),
-    timedelta(minutes=2),
-    timedelta(minutes=10),
-    timedelta(minutes=30),
-    timedelta(hours=1),
-)
+#: First backoff step: after failed attempt n (1-based) the step is ``RETRY_BASE * 2**(n-1)``,
+#: capped at ``RETRY_CAP``; :func:`retry_backoff` draws the delay from [step/2, step].
+RETRY_BASE = timedelta(seconds=10)
+#: Largest backoff step: a long outage is retried every 30 to 60 minutes.
+RETRY_CAP = timedelta(hours=1)
+#: How long a notification may keep failing transiently before it is dead-lettered (the
+#: default of ``CRM_NOTIFY_DELIVERY_MAX_AGE``).
+DEFAULT_MAX_AGE = timedelta(hours=24)
+#: Source of the backoff jitter (not a secret: any uniform source would do).
+_JITTER = random.SystemRandom()
+
+
+def retry_backoff(
+    attempt: int, *, uniform: Callable[[float, float], float] = _JITTER.uniform
+) -> timedelta:
+    """The delay before the retry that follows failed attempt ``attempt`` (1-based).
+
+    Exponential backoff with "equal jitter": the step doubles from :data:`RETRY_BASE` per
+    attempt up to :data:`RETRY_CAP`; the delay is half the step plus a uniformly random share
+    of the other half. Retries never come sooner than half the step, and notifications that
+    failed together (an ESP outage) spread out instead of retrying in lockstep.
+
+    Parameters:
+        attempt: how many attempts have been made (values below 1 count as 1).
+        uniform: draws a float from [a, b] (tests pass a fixed one).
+
+    Returns:
+        A delay in [step / 2, step].
+    """
+    exponent = min(max(attempt, 1) - 1, 32)  # 2**32 * 10 s is far past the cap already
+    step_s = min(RETRY_CAP.total_seconds(), RETRY_BASE.total_seconds() * 2**exponent)
+    return timedelta(seconds=step_s / 2 + uniform(0.0, step_s / 2))
 
 
 #: Seconds to wait between attempts to record a send the provider accepted.
@@ -108,6 +133,8 @@ class DeliveryService:
         adapter: the ESP adapter.
         mail_from: the From header.
         max_attempts: attempts before a transient failure becomes ``failed``.
+        max_age: how long after its first attempt a notification may still be retried
+            before it is dead-lettered (``failed``).
         schedule_retry: called with (notification id, delay) after a transient failure.
         policy: the send policy; its delivery-time guards run before every attempt (``None``:
             no re-check, for tests of other stages).
@@ -126,11 +153,13 @@ class DeliveryService:
         schedule_retry: Callable[[int, timedelta], None] | None = None,
         policy: SendPolicy | None = None,
         unsubscribe: UnsubscribeLinks | None = None,
+        max_age: timedelta = DEFAULT_MAX_AGE,
     ) -> None:
         self._engine = engine
         self._templates = templates
         self._adapter = adapter
         self._max_attempts = max_attempts
+        self._max_age = max_age
         self._schedule_retry = schedule_retry
         self._policy = policy
         self._unsubscribe = unsubscribe
@@ -281,22 +310,48 @@ class DeliveryService:
     def _after_transient(
         self, notification_id: int, attempts: int, exc: EspTransientError
     ) -> DeliveryOutcome:
+        """Schedule the retry of a transient failure (:func:`retry_backoff`, at least the
+        provider's Retry-After), or dead-letter the notification (``failed``).
+
+        It is dead-lettered after ``max_attempts`` attempts, or when ``max_age`` has passed
+        since its first attempt. The last retry is moved forward to that moment, so no attempt
+        starts later; a Retry-After reaching past it ends the retries at once.
+        """
+        moment = now()
         with session_scope(self._engine) as session:
+            row = session.get(Notification, notification_id)
+            started = (row.first_attempt_at if row is not None else None) or moment
+            deadline = started + self._max_age
+            at_least = timedelta(seconds=exc.retry_after_s or 0)
+            limit = None
             if attempts >= self._max_attempts:
+                limit = "the attempt limit"
+            elif moment >= deadline or moment + at_least > deadline:
+                limit = f"the max age of {format_duration(self._max_age)}"
+            if limit is not None:
+                elapsed = format_duration(
+                    timedelta(seconds=round((moment - started).total_seconds()))
+                )
                 repository.mark_failed(
                     session=session,
                     notification_id=notification_id,
-                    error=f"gave up after {attempts} attempts: {exc}",
+                    error=f"dead-lettered after {attempts} attempts in {elapsed} ({limit}): {exc}",
+                )
+                logger.warning(
+                    "notification %s dead-lettered after %s attempts in %s (%s, status %s)",
+                    notification_id,
+                    attempts,
+                    elapsed,
+                    exc.esp,
+                    exc.status_code,
                 )
                 return DeliveryOutcome("failed")
-            delay = RETRY_BACKOFF[min(attempts, len(RETRY_BACKOFF)) - 1]
-            if exc.retry_after_s is not None:
-                delay = max(delay, timedelta(seconds=exc.retry_after_s))
+            delay = max(min(retry_backoff(attempts), deadline - moment), at_least)
             repository.mark_retrying(
                 session=session,
                 notification_id=notification_id,
                 error=str(exc),
-                next_attempt_at=now() + delay,
+                next_attempt_at=moment + delay,
             )
         logger.info(
             "notification %s will be retried in %s (%s, status %s)",

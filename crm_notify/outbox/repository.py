@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from crm_notify.clock import now
-from crm_notify.db import insert_rows, new_row
+from crm_notify.db import UTCDateTime, insert_rows, new_row
 from crm_notify.outbox.models import (
     CLAIMABLE,
     Decision,
@@ -246,8 +246,9 @@ def claim_for_delivery(*, session: Session, notification_id: int) -> Notificatio
     One conditional ``UPDATE ... RETURNING`` both claims the row and reads it.
 
     Returns:
-        The claimed row (status ``sending``, attempts incremented), or ``None`` when it is
-        already sent, failed, being sent by another worker, or not yet due.
+        The claimed row (status ``sending``, attempts incremented, ``first_attempt_at`` set
+        if it was not), or ``None`` when it is already sent, failed, being sent by another
+        worker, or not yet due.
     """
     moment = now()
     due = sa.or_(
@@ -258,7 +259,13 @@ def claim_for_delivery(*, session: Session, notification_id: int) -> Notificatio
         from_statuses=CLAIMABLE,
         to_status=NotificationStatus.SENDING,
         moment=moment,
-        values={"attempts": Notification.attempts + 1},
+        values={
+            "attempts": Notification.attempts + 1,
+            # The first claim starts the dead-letter age clock (see DeliveryService).
+            "first_attempt_at": sa.func.coalesce(
+                Notification.first_attempt_at, sa.bindparam("first_claim", moment, UTCDateTime())
+            ),
+        },
         extra_where=due,
         orm=True,
     )
@@ -468,3 +475,97 @@ def find_undelivered(*, session: Session, limit: int = 10000) -> list[int]:
         .limit(limit)
     ).all()
     return [r for r in rows if r is not None]
+
+
+#: Statuses a notification can be replayed from (``crm-notify outbox retry``): only sends that
+#: were given up on. ``cancelled`` ones were refused by consent or suppression: never replayed.
+REPLAYABLE = (NotificationStatus.FAILED,)
+
+
+def list_notifications(
+    *,
+    session: Session,
+    status: NotificationStatus | str | None = None,
+    rule: str | None = None,
+    since: datetime | None = None,
+    limit: int = 100,
+) -> list[Notification]:
+    """Notifications, the most recently changed first (``updated_at``, then id).
+
+    Parameters:
+        status: only those in this status.
+        rule: only this rule's.
+        since: only those changed at or after this moment.
+        limit: at most this many.
+    """
+    query = select(Notification)
+    if status is not None:
+        query = query.where(col(Notification.status) == NotificationStatus(status).value)
+    if rule is not None:
+        query = query.where(col(Notification.rule) == rule)
+    if since is not None:
+        query = query.where(col(Notification.updated_at) >= since)
+    query = query.order_by(col(Notification.updated_at).desc(), col(Notification.id).desc())
+    return list(session.exec(query.limit(limit)).all())
+
+
+def failed_ids(*, session: Session, rule: str | None = None) -> list[int]:
+    """Ids of every ``failed`` notification (of ``rule`` when given), oldest first."""
+    query = select(Notification.id).where(
+        col(Notification.status) == NotificationStatus.FAILED.value
+    )
+    if rule is not None:
+        query = query.where(col(Notification.rule) == rule)
+    rows = session.exec(query.order_by(col(Notification.id))).all()
+    return [r for r in rows if r is not None]
+
+
+@dataclass
+class ReplayResult:
+    """What :func:`replay_failed` did: the ids it moved back to ``pending``, and those it left
+    alone with their status (``None``: no such notification)."""
+
+    replayed: list[int]
+    refused: dict[int, str | None]
+
+
+def replay_failed(*, session: Session, notification_ids: Sequence[int], by: str) -> ReplayResult:
+    """Move ``failed`` notifications back to ``pending`` for a new round of delivery.
+
+    Each is reset as if never attempted (``attempts`` 0; ``first_attempt_at``,
+    ``next_attempt_at`` and ``last_error`` cleared) and keeps its stored message (the same
+    bytes and Message-ID) and its ESP pin; the status history records ``replayed by <by>``.
+    Notifications in any other status are left alone (one conditional ``UPDATE`` each, so a
+    concurrent change cannot be overwritten). The caller commits, then hands the replayed ids
+    to delivery, where the guards run again.
+
+    Parameters:
+        notification_ids: the notifications (repeats count once).
+        by: who replays them (recorded).
+
+    Returns:
+        The replayed ids in call order and the refused ones with their status.
+    """
+    result = ReplayResult(replayed=[], refused={})
+    for notification_id in dict.fromkeys(notification_ids):
+        replayed = _transition(
+            session,
+            notification_id,
+            from_statuses=REPLAYABLE,
+            to_status=NotificationStatus.PENDING,
+            detail=f"replayed by {by}",
+            values={
+                "attempts": 0,
+                "first_attempt_at": None,
+                "next_attempt_at": None,
+                "last_error": None,
+            },
+        )
+        if replayed:
+            result.replayed.append(notification_id)
+            continue
+        status = session.exec(
+            select(Notification.status).where(col(Notification.id) == notification_id)
+        ).first()
+        result.refused[notification_id] = None if status is None else str(status)
+    return result

@@ -107,7 +107,9 @@ def test_transient_failure_is_retried_with_the_same_message(
         # When the first attempt fails
         outcome = service.deliver(nid)
         # Then a retry is scheduled and an early attempt does nothing
-        assert outcome.status == "retrying" and retries == [(nid, timedelta(seconds=10))]
+        # (the first backoff step is 10 s; equal jitter waits between 5 and 10 s)
+        assert outcome.status == "retrying" and [nid for nid, _ in retries] == [nid]
+        assert timedelta(seconds=5) <= retries[0][1] <= timedelta(seconds=10)
         assert service.deliver(nid).status == "skipped"
         with Session(engine) as session:
             row = session.get(Notification, nid)
