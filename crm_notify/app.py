@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from crm_notify import __version__
 from crm_notify.admin import decisions as admin_decisions
 from crm_notify.admin import kpis as admin_kpis
+from crm_notify.admin import outbox as admin_outbox
 from crm_notify.admin import suppressions as admin_suppressions
 from crm_notify.admin.consent import make_router as make_consent_router
 from crm_notify.auth.api_keys import ApiKeyAuthenticator
@@ -22,6 +23,7 @@ from crm_notify.events.schemas import SegmentCall
 from crm_notify.runtime import Runtime
 from crm_notify.unsubscribe.api import make_router as make_unsubscribe_router
 from crm_notify.webhooks.api import make_router as make_tracking_router
+from crm_notify.webhooks.probe import make_probe_router
 from crm_notify.webhooks.registry import build_webhooks
 
 logger = logging.getLogger(__name__)
@@ -97,13 +99,18 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     )
     app.include_router(admin_kpis.make_router(engine=rt.engine, authenticate=authenticate))
     app.include_router(
+        admin_outbox.make_router(engine=rt.engine, authenticate=authenticate, enqueue=rt.enqueue)
+    )
+    webhooks = build_webhooks(settings, rt.esp_providers)
+    app.include_router(
         make_tracking_router(
             engine=rt.engine,
-            webhooks=build_webhooks(settings, rt.esp_providers),
+            webhooks=webhooks,
             public_url=settings.base_url,
             purposes=settings.purpose_names,
         )
     )
+    app.include_router(make_probe_router(names=[*webhooks, *rt.esp_providers]))
 
     @app.get("/healthz", tags=["health"], summary="Liveness and database check")
     def healthz() -> JSONResponse:
