@@ -17,7 +17,8 @@
     │   └── EspPermanentError         retrying will not help (rejected recipient, bad credentials)
     └── WebhookError                a provider's tracking webhook call was refused
         ├── WebhookAuthError          missing or wrong credentials or signature (HTTP 401/403)
-        └── WebhookPayloadError       the body is not in the provider's format (HTTP 400)
+        ├── WebhookPayloadError       the body is not in the provider's format (HTTP 400)
+        └── WebhookUnavailableError   something the check needs is unreachable (HTTP 503)
 
     ConfigurationError              invalid settings; outside the tree so no handler swallows it
 """
@@ -189,6 +190,13 @@ class WebhookAuthError(WebhookError):
 
 class WebhookPayloadError(WebhookError):
     """The body is not in the provider's documented format."""
+
+
+class WebhookUnavailableError(WebhookError):
+    """Something the check needs could not be fetched (an SNS signing certificate, a
+    subscription confirmation URL): answered with 503, so the provider retries."""
+
+    status_code = 503
 
 
 class ConfigurationError(Exception):

@@ -4,7 +4,8 @@ No API key: each provider's own proof of authenticity is checked instead (a sign
 Basic credentials, an SNS message signature). Answers: 200 with
 ``{"received", "stored", "duplicates", "unmatched"}``; 400 a body not in the provider's format;
 401 credentials or signature missing; 403 wrong; 404 no webhook configured under that name;
-413 a body over :data:`MAX_BODY_BYTES`. Nothing is stored unless the whole call is accepted.
+413 a body over :data:`MAX_BODY_BYTES`; 503 something the check needs is unreachable (the
+provider retries). Nothing is stored unless the whole call is accepted.
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ def make_router(
             summary = await run_in_threadpool(_handle, engine, webhook, call, purposes)
         except WebhookError as exc:
             logger.warning("%s webhook refused: %s", webhook.provider, exc.message)
+            if exc.status_code == 503:
+                response = error_response(503, "unavailable", str(exc))
+                response.headers["Retry-After"] = "30"
+                return response
             code = "unauthorized" if exc.status_code in (401, 403) else "invalid_payload"
             return error_response(exc.status_code, code, str(exc))
         return JSONResponse(summary.as_json())

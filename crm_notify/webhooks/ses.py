@@ -30,7 +30,7 @@ from typing import Any, Self
 import httpx
 
 from crm_notify.config import Settings
-from crm_notify.errors import ConfigurationError, WebhookError
+from crm_notify.errors import ConfigurationError, WebhookUnavailableError
 from crm_notify.webhooks import _sns
 from crm_notify.webhooks.base import EspWebhook, WebhookRequest
 from crm_notify.webhooks.events import (
@@ -72,13 +72,6 @@ DETAILS: dict[str, tuple[str, str | None]] = {
 VALIDATION_MESSAGE = "Successfully validated SNS topic for Amazon SES event publishing."
 #: The mail tag carrying our notification id (see the SES adapter's ``EmailTags``).
 ID_TAG = "crm_notify_id"
-
-
-class SnsUnreachableError(WebhookError):
-    """A certificate or confirmation URL of SNS could not be fetched: answered with 503, so
-    SNS retries the delivery."""
-
-    status_code = 503
 
 
 class SesWebhook(EspWebhook):
@@ -146,7 +139,7 @@ class SesWebhook(EspWebhook):
         except _sns.SnsSignatureError as exc:
             raise self.auth_error(str(exc), missing=exc.missing) from exc
         except _sns.SnsUnavailableError as exc:
-            raise SnsUnreachableError(self.provider, str(exc)) from exc
+            raise WebhookUnavailableError(self.provider, str(exc)) from exc
         moment = _parse_time(envelope.get("Timestamp"))
         if moment is None and self.tolerance_s:
             raise self.auth_error("the SNS Timestamp is not an ISO 8601 time")
@@ -194,11 +187,11 @@ class SesWebhook(EspWebhook):
         try:
             response = httpx.get(url, timeout=_sns.FETCH_TIMEOUT_S, follow_redirects=False)
         except httpx.HTTPError as exc:
-            raise SnsUnreachableError(
+            raise WebhookUnavailableError(
                 self.provider, f"confirming the subscription failed ({type(exc).__name__})"
             ) from exc
         if response.status_code != 200:
-            raise SnsUnreachableError(
+            raise WebhookUnavailableError(
                 self.provider,
                 f"confirming the subscription failed: SNS answered HTTP {response.status_code}",
             )
