@@ -10,12 +10,14 @@ ESP did not take the message (refused connection, an error answer). When the out
 (the request went out and no answer came back, see ``EspTransientError.maybe_accepted``), the
 notification is pinned to that ESP and only ever retried there.
 
-Breakers are per process: each worker process learns an ESP's outage from its own sends.
+Breakers are per process: each worker process learns an ESP's outage from its own sends. A
+lone ESP has no breaker: with nothing to fail over to, resting it would only delay its mail.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -117,6 +119,8 @@ class EspChain:
     ) -> None:
         if not esps:
             raise ValueError("EspChain needs at least one ESP")
+        if len(esps) == 1:  # nothing to fail over to: resting the only ESP would only delay
+            threshold = sys.maxsize
         self.esps = [
             NamedEsp(
                 name,
