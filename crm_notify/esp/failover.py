@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from crm_notify.errors import EspTransientError
+from crm_notify.errors import EspPermanentError, EspTransientError
 from crm_notify.esp.base import EspAdapter, SendResult
 
 logger = logging.getLogger(__name__)
@@ -74,6 +74,11 @@ class CircuitBreaker:
         with self._lock:
             self._failures = 0
             self._opened_at = None
+            self._trial_running = False
+
+    def release_trial(self) -> None:
+        """A trial send ended without telling whether the ESP is back: let another try."""
+        with self._lock:
             self._trial_running = False
 
     def record_failure(self) -> bool:
@@ -155,7 +160,14 @@ class EspChain:
                 ``maybe_accepted`` the notification must be pinned to it).
             EspPermanentError: the ESP refused it for good.
         """
-        if pinned is not None and pinned in self._by_name:
+        if pinned is not None:
+            if pinned not in self._by_name:  # removed from the configuration since
+                raise EspTransientError(
+                    pinned,
+                    f"the message may already be with ESP {pinned!r}, which is no longer "
+                    f"configured ({', '.join(self.names)}); it is not sent through another: "
+                    "configure that ESP again, or cancel the notification",
+                )
             return self._send_via(self._by_name[pinned], text)
         last_error: EspTransientError | None = None
         for esp in self.esps:
@@ -181,6 +193,13 @@ class EspChain:
         except EspTransientError as exc:
             esp.breaker.record_failure()
             exc.esp = esp.name
+            raise
+        except EspPermanentError as exc:  # the ESP answered: it is up, the message is bad
+            esp.breaker.record_success()
+            exc.esp = esp.name
+            raise
+        except BaseException:
+            esp.breaker.release_trial()
             raise
         esp.breaker.record_success()
         return SendResult(esp=esp.name, provider_message_id=result.provider_message_id)

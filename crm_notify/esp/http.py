@@ -142,6 +142,12 @@ class HttpOptions(TypedDict, total=False):
     transport: httpx.BaseTransport | None
 
 
+#: Answers after which the provider may have taken the message all the same: a gateway or
+#: load balancer in front of it (502, 504) or its own failure mid-request (500) can answer
+#: after the backend queued it. 429 and 503 say it was not taken.
+MAYBE_ACCEPTED_STATUSES = frozenset({500, 502, 504})
+
+
 class HttpApiAdapter(EspAdapter):
     """Base class of adapters for providers with an HTTP API.
 
@@ -236,6 +242,7 @@ class HttpApiAdapter(EspAdapter):
             status_code=response.status_code,
             body=body,
             retry_after_s=retry_after,
+            maybe_accepted=response.status_code in MAYBE_ACCEPTED_STATUSES,
         )
 
     def close(self) -> None:
