@@ -311,7 +311,8 @@ def rules() -> None:
 @click.argument("path", required=False, type=click.Path(exists=True, path_type=Path))
 @pass_ctx
 def rules_lint(ctx: _Context, path: Path | None) -> None:
-    """Check rule files (default: CRM_NOTIFY_RULES_DIR) and the templates they name."""
+    """Check rule files (default: CRM_NOTIFY_RULES_DIR), the templates they name, and that the
+    environment variables their webhook actions reference are set."""
     from crm_notify.render.templates import TemplateStore
     from crm_notify.rules.loader import lint_rules, load_rules
 
@@ -321,14 +322,18 @@ def rules_lint(ctx: _Context, path: Path | None) -> None:
     problems: list[str] = [
         str(err)
         for err in lint_rules(
-            target, template_exists=templates.exists, purposes=ctx.settings.purpose_names
+            target,
+            template_exists=templates.exists,
+            purposes=ctx.settings.purpose_names,
+            environ=os.environ,
         )
     ]
     if not problems:
         ruleset = load_rules(
             target, template_exists=templates.exists, purposes=ctx.settings.purpose_names
         )
-        for name in sorted({step.template for rule in ruleset.rules for step in rule.steps}):
+        used = {step.template for rule in ruleset.rules for step in rule.steps if step.template}
+        for name in sorted(used):
             problems += templates.lint(name)
         for problem in problems:
             click.echo(problem)

@@ -189,6 +189,11 @@ class Settings(BaseSettings):
         "sns.*.amazonaws.com",
         description="Hosts (fnmatch patterns) SNS signing certificates may come from.",
     )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="Standard Webhooks signing secret (whsec_ + base64 of 24-64 bytes) of rule "
+        "webhook actions without their own `secret:`; unset: those are sent unsigned.",
+    )
 
     @field_validator("database_url")
     @classmethod

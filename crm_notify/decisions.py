@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from crm_notify.actions.rows import firing_rows, send_reason
 from crm_notify.clock import now
 from crm_notify.contacts.models import Contact
 from crm_notify.errors import ConditionError
@@ -46,6 +47,16 @@ def holding_exit(rule: Rule, context: dict[str, Any]) -> str | None:
                 return f"exit condition holds: {condition.source}"
         except ConditionError as exc:
             return f"exit condition failed: {condition.source}: {exc}"
+    return None
+
+
+def missing_recipient(rule: Rule, contact: Contact | None) -> str | None:
+    """Why a firing of ``rule`` has nobody to go to, or ``None``: a rule that emails needs the
+    contact's address; one with only webhook actions needs a known contact."""
+    if rule.sends_email and (contact is None or not contact.email):
+        return "no email address known for this contact"
+    if contact is None or contact.id is None:
+        return "no contact known for this call"
     return None
 
 
@@ -301,14 +312,16 @@ def decide_send(
     policy: SendPolicy,
     timer: Timer | None = None,
     template: str | None = None,
-) -> int | None:
+) -> list[int]:
     """Write the send of one rule step (or of a digest), or a decision saying why not.
 
     The caller has already checked the rule's and the step's conditions. A deferral schedules a
-    timer (or joins the digest) and records a ``defer`` decision.
+    timer (or joins the digest) and records a ``defer`` decision. A send writes the step's
+    email and, for a rule with ``actions``, one notification per webhook action (a digest is
+    an email only), each with its ``send`` decision.
 
     Returns:
-        The new notification's id, or ``None`` when skipped, deferred or already decided.
+        The new notifications' ids; empty when skipped, deferred or already decided.
     """
     contact_id = contact.id if contact else None
 
@@ -323,30 +336,31 @@ def decide_send(
             details=verdict.details if verdict else None,
         )
 
-    if contact is None or contact.id is None or not contact.email:
-        refuse("no email address known for this contact")
-        return None
+    missing = missing_recipient(rule, contact)
+    if missing is not None or contact is None or contact.id is None:
+        refuse(missing or "no contact known for this call")
+        return []
     dedupe_key = timer.dedupe_key if timer is not None else None
     if dedupe_key is not None:
         refusal = order_window_refusal(session, rule=rule, dedupe_key=dedupe_key)
         if refusal is not None:
             refuse(refusal)
-            return None
+            return []
     unique_key, failed = (None, None) if template else rule_unique_key(rule, context)
     if failed is not None:
         refuse(failed)
-        return None
+        return []
     if unique_key is not None:
         refusal = unique_key_refusal(
             session, rule=rule, contact_id=contact.id, unique_key=unique_key
         )
         if refusal is not None:
             refuse(refusal)
-            return None
+            return []
     verdict = policy.check(session, attempt_for(rule, contact))
     if verdict.outcome == DecisionOutcome.SKIP:
         refuse(verdict.reason, verdict)
-        return None
+        return []
     if verdict.outcome == DecisionOutcome.DEFER:
         if timer is not None and timer.kind == TimerKind.DIGEST:
             _postpone_digest(session, timer, verdict)
@@ -368,28 +382,34 @@ def decide_send(
             if retry is not None:
                 session.add(retry)
         refuse(verdict.reason, verdict)
-        return None
+        return []
     step = rule.steps[step_index]
-    notification = Notification(
-        idempotency_key=idempotency_key,
-        rule=rule.name,
-        step=step_index,
-        template=template or step.template,
-        purpose=str(rule.purpose),
-        channel=rule.channel,
-        contact_id=contact.id,
-        event_id=event_id,
-        to_address=contact.email,
-        language=contact.language,
-        context=context,
-        dedupe_key=dedupe_key,
-        unique_key=unique_key,
-        timer_id=timer.id if timer is not None else None,
-    )
+    email: dict[str, Any] = {
+        "idempotency_key": idempotency_key,
+        "rule": rule.name,
+        "step": step_index,
+        "template": template or step.template,
+        "purpose": str(rule.purpose),
+        "channel": rule.channel,
+        "contact_id": contact.id,
+        "event_id": event_id,
+        "to_address": contact.email,
+        "language": contact.language,
+        "context": context,
+        "dedupe_key": dedupe_key,
+        "unique_key": unique_key,
+        "timer_id": timer.id if timer is not None else None,
+    }
     if template is not None:
         reason = f"digest of {len(context.get('digest', {}).get('items', []))} sends"
     else:
         reason = "rule matched" if len(rule.steps) == 1 else f"rule matched ({step.name})"
-    if repository.create_notification(session=session, notification=notification, reason=reason):
-        return notification.id
-    return None
+    created = []
+    for values in [email] if template is not None else firing_rows(rule, email):
+        notification = Notification(**values)
+        if repository.create_notification(
+            session=session, notification=notification, reason=send_reason(reason, values)
+        ):
+            assert notification.id is not None
+            created.append(notification.id)
+    return created

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, select
 
+from crm_notify.actions.rows import firing_rows, send_reason
 from crm_notify.clock import now
 from crm_notify.commerce.models import Cart, Order
 from crm_notify.commerce.state import (
@@ -48,6 +49,7 @@ from crm_notify.decisions import (
     attempt_for,
     defer_send,
     failing_condition,
+    missing_recipient,
     order_window_refusal,
     rule_unique_key,
     unique_key_refusal,
@@ -172,8 +174,9 @@ SEND_REASON = "rule matched"
 class _Verdict:
     """A decision taken on the state as of its call, written once the events have ids.
 
-    ``notification`` is set for a send (``reason`` is then :data:`SEND_REASON`); otherwise
-    ``reason`` says why the rule was skipped.
+    ``notification`` is set for a send (``reason`` is then :data:`SEND_REASON`, with the
+    action named when it is a webhook action's row), and ``actions`` holds the rows of the
+    rule's other webhook actions; otherwise ``reason`` says why the rule was skipped.
     """
 
     rule: str
@@ -183,6 +186,7 @@ class _Verdict:
     notification: dict[str, Any] | None = None
     outcome: DecisionOutcome | None = None
     details: dict[str, Any] | None = None
+    actions: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Intake:
@@ -564,8 +568,9 @@ class Intake:
                 f"scheduled {rule.steps[0].name} for {timer.due_at:%Y-%m-%d %H:%M} UTC",
                 outcome=DecisionOutcome.DEFER,
             )
-        if contact is None or contact.id is None or not contact.email:
-            return skip("no email address known for this contact")
+        missing = missing_recipient(rule, contact)
+        if missing is not None or contact is None or contact.id is None:
+            return skip(missing or "no contact known for this call")
         dedupe_key = _order_dedupe_key(rule, match.order)
         if dedupe_key is not None:
             # Notifications are only written at the end of the batch, so the batch's own
@@ -597,23 +602,22 @@ class Intake:
         if unique_key is not None:
             batch.unique_keys.add((rule.name, contact.id, unique_key))
         batch.planned.append(PlannedSend(contact.id, rule.name, str(rule.purpose), now()))
-        notification = new_row(
-            Notification,
-            {
-                "idempotency_key": idempotency_key,
-                "dedupe_key": dedupe_key,
-                "unique_key": unique_key,
-                "rule": rule.name,
-                "template": rule.template,
-                "purpose": str(rule.purpose),
-                "channel": rule.channel,
-                "contact_id": contact.id,
-                "to_address": contact.email,
-                "language": contact.language,
-                "context": context,
-            },
-        )
-        return _Verdict(rule.name, event, contact_id, SEND_REASON, notification)
+        email = {
+            "idempotency_key": idempotency_key,
+            "dedupe_key": dedupe_key,
+            "unique_key": unique_key,
+            "rule": rule.name,
+            "template": rule.template,
+            "purpose": str(rule.purpose),
+            "channel": rule.channel,
+            "contact_id": contact.id,
+            "to_address": contact.email,
+            "language": contact.language,
+            "context": context,
+        }
+        first, *others = [new_row(Notification, row) for row in firing_rows(rule, email)]
+        reason = send_reason(SEND_REASON, first)
+        return _Verdict(rule.name, event, contact_id, reason, first, actions=others)
 
     @staticmethod
     def _refused(
@@ -688,4 +692,12 @@ class Intake:
                     verdict.details,
                 )
             )
+            for row in verdict.actions:
+                row["event_id"] = event_id
+                reason = send_reason(SEND_REASON, row)
+                plans.append(
+                    repository.PlannedDecision(
+                        verdict.rule, event_id, verdict.contact_id, reason, row
+                    )
+                )
         result.notification_ids += repository.write_decisions(session=session, decisions=plans)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -10,6 +11,7 @@ import dramatiq
 import redis
 from sqlalchemy.engine import Engine
 
+from crm_notify.actions.sender import WebhookActionSender
 from crm_notify.config import Settings
 from crm_notify.db import make_engine, session_scope
 from crm_notify.esp.base import EspAdapter
@@ -71,6 +73,7 @@ class Runtime:
     actors: Actors = field(init=False)
     intake: Intake = field(init=False)
     delivery: DeliveryService = field(init=False)
+    webhooks: WebhookActionSender = field(init=False)
     relay: Relay = field(init=False)
     scheduler: Scheduler = field(init=False)
     _worker: dramatiq.Worker | None = field(default=None, init=False)
@@ -78,6 +81,10 @@ class Runtime:
     def __post_init__(self) -> None:
         self.unsubscribe_links = UnsubscribeLinks(
             base_url=self.settings.base_url, secret_key=self.secret_key
+        )
+        # Webhook actions read their ${NAME} references from the process environment.
+        self.webhooks = WebhookActionSender.from_settings(
+            self.settings, rules=self.rules, environ=os.environ
         )
         self.delivery = DeliveryService(
             engine=self.engine,
@@ -89,6 +96,7 @@ class Runtime:
             schedule_retry=lambda nid, delay: self.actors.schedule_delivery(nid, delay),
             policy=self.policy,
             unsubscribe=self.unsubscribe_links,
+            webhooks=self.webhooks,
         )
         self.actors = declare_actors(self.broker, deliver=self.delivery.deliver)
         self.intake = Intake(
@@ -124,7 +132,10 @@ class Runtime:
             settings.templates_dir, default_language=settings.default_language
         )
         rules = load_rules(
-            settings.rules_dir, template_exists=templates.exists, purposes=settings.purpose_names
+            settings.rules_dir,
+            template_exists=templates.exists,
+            purposes=settings.purpose_names,
+            environ=os.environ,  # every ${NAME} a webhook action references must be set
         )
         return cls(
             settings=settings,
@@ -185,4 +196,5 @@ class Runtime:
             self._worker = None
         self.broker.close()
         self.adapter.close()
+        self.webhooks.close()
         self.engine.dispose()

@@ -2,6 +2,8 @@
 
 A cap counts the contact's notifications created within the sliding window before the send
 (cancelled and failed ones do not count) plus the sends planned earlier in the same transaction.
+It counts rule firings, not channels: the email and the webhook actions of one firing (see
+:mod:`crm_notify.actions.rows`) count once.
 Exact under concurrency: before counting, the contact's row is locked (``SELECT ... FOR UPDATE``
 on PostgreSQL; SQLite lets one writer in at a time already), so two workers deciding for the
 same contact take turns, and the second counts what the first wrote.
@@ -18,6 +20,7 @@ from datetime import datetime
 
 from sqlmodel import Session, col, select
 
+from crm_notify.actions.rows import firing_key
 from crm_notify.clock import as_utc
 from crm_notify.guards._memo import lock_contact
 from crm_notify.guards.base import Guard, PlannedSend, SendAttempt, Verdict
@@ -39,7 +42,8 @@ def counted_sends(
     planned: Sequence[PlannedSend] = (),
 ) -> list[datetime]:
     """When the contact's counted sends were created, oldest first: those after ``since``, of
-    ``rule`` when given, else of every purpose but transactional.
+    ``rule`` when given, else of every purpose but transactional. The notifications of one
+    firing (an email and its webhook actions) are one send.
 
     Parameters:
         session: the transaction (lock the contact first for an exact count).
@@ -51,7 +55,7 @@ def counted_sends(
     Returns:
         The creation times, as aware UTC datetimes, sorted.
     """
-    query = select(Notification.created_at).where(
+    query = select(Notification.created_at, Notification.idempotency_key).where(
         Notification.contact_id == contact_id,
         col(Notification.created_at) > since,
         col(Notification.status).not_in([status.value for status in NOT_COUNTED]),
@@ -60,8 +64,12 @@ def counted_sends(
         query = query.where(Notification.rule == rule)
     else:
         query = query.where(Notification.purpose != TRANSACTIONAL)
+    firings: dict[str, datetime] = {}
     with session.no_autoflush:  # sends are flushed when written, or passed as ``planned``
-        times = [as_utc(value) for value in session.exec(query)]
+        for created_at, key in session.exec(query):
+            at = as_utc(created_at)
+            firings[firing_key(key)] = min(at, firings.get(firing_key(key), at))
+    times = list(firings.values())
     for send in planned:
         matches = send.rule == rule if rule is not None else send.purpose != TRANSACTIONAL
         if send.contact_id == contact_id and matches and as_utc(send.at) > since:

@@ -30,6 +30,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
+from crm_notify.actions.model import WEBHOOK_CHANNEL
+from crm_notify.actions.sender import WebhookActionSender, deliver_webhook
 from crm_notify.clock import now
 from crm_notify.contacts.models import Contact
 from crm_notify.db import session_scope
@@ -140,6 +142,8 @@ class DeliveryService:
             no re-check, for tests of other stages).
         unsubscribe: builds the unsubscribe links of non-transactional mail (``None``: none,
             and templates that use ``unsubscribe_url`` fail to render).
+        webhooks: sends the rows of rules' webhook actions (channel ``webhook``); ``None``:
+            such rows fail, saying so.
     """
 
     def __init__(
@@ -154,6 +158,7 @@ class DeliveryService:
         policy: SendPolicy | None = None,
         unsubscribe: UnsubscribeLinks | None = None,
         max_age: timedelta = DEFAULT_MAX_AGE,
+        webhooks: WebhookActionSender | None = None,
     ) -> None:
         self._engine = engine
         self._templates = templates
@@ -163,6 +168,7 @@ class DeliveryService:
         self._schedule_retry = schedule_retry
         self._policy = policy
         self._unsubscribe = unsubscribe
+        self._webhooks = webhooks
         self._from_name, self._from_address = parseaddr(mail_from)
         self._domain = self._from_address.rpartition("@")[2] or "localhost"
 
@@ -175,6 +181,11 @@ class DeliveryService:
             refused = self._recheck(session, row)
             if refused is not None:
                 return refused
+            if row.channel == WEBHOOK_CHANNEL:  # a rule's webhook action: crm_notify/actions
+                try:
+                    return DeliveryOutcome(deliver_webhook(self._webhooks, session, row))
+                except EspTransientError as exc:  # committed: retried as an ESP's would be
+                    return self._after_transient(notification_id, row.attempts, exc)
             text, attempts = row.message, row.attempts
             if text is None:
                 try:

@@ -93,7 +93,7 @@ def compile_steps(
     problems: list[RuleFileError] = []
     drafts: list[tuple[NodePath, StepSpec]]
     if spec.steps is None:
-        if spec.template is None:
+        if spec.template is None and not spec.actions:
             where = f" in '{dotted(prefix)}'" if prefix else ""
             problems.append(
                 RuleFileError(
@@ -106,7 +106,7 @@ def compile_steps(
             return (), problems
         single = StepSpec.model_construct(
             delay=spec.delay or timedelta(0),
-            template=spec.template,
+            template=spec.template or "",  # "": a rule with only actions sends no email
             not_before=spec.not_before,
             not_after=spec.not_after,
         )
@@ -134,7 +134,7 @@ def compile_steps(
             draft.when, (*base, "when"), document=document, path=path, environment=environment
         )
         problems += condition_problems
-        if template_exists is not None and not template_exists(draft.template):
+        if draft.template and template_exists is not None and not template_exists(draft.template):
             problems.append(
                 RuleFileError(
                     path,

@@ -230,7 +230,8 @@ class _CaseLoader:
                     f"expects rule '{rule_name}', but the case only looks at '{spec.rule}'",
                 )
             rule = self._check_rule((*item_loc, "rule"), rule_name)
-            templates = [step.template for step in rule.steps] if rule is not None else []
+            templates = [step.template for step in rule.steps if step.template] if rule else []
+            templates += [action.name for action in rule.actions] if rule else []
             if rule is not None and item.template not in templates:
                 self.problem(
                     (*item_loc, "template"),

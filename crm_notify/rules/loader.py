@@ -6,7 +6,7 @@ checks but collects every problem; ``rule_file_json_schema`` describes the forma
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from crm_notify.errors import RuleFileError
 from crm_notify.render.sandbox import BoundedSandboxEnvironment
+from crm_notify.rules._actions import compile_actions
 from crm_notify.rules._compile import (
     TemplateExists,
     compile_conditions,
@@ -59,6 +60,7 @@ def load_rule_file(
     template_exists: TemplateExists | None = None,
     environment: BoundedSandboxEnvironment | None = None,
     purposes: Sequence[str] = BUILTIN_PURPOSES,
+    environ: Mapping[str, str] | None = None,
 ) -> list[Rule]:
     """Load the rules of one file.
 
@@ -67,6 +69,8 @@ def load_rule_file(
         template_exists: when given, called with every step's template to check that it exists.
         environment: the sandbox to compile conditions in (a default one when ``None``).
         purposes: the purposes rules may name (``Settings.purpose_names``).
+        environ: the environment webhook actions' ``${NAME}`` references are read from, to
+            check that each is set (``None``: not checked).
 
     Raises:
         RuleFileError: the first problem in the file (a note counts the others).
@@ -75,7 +79,7 @@ def load_rule_file(
         The file's rules, in file order.
     """
     environment = environment or BoundedSandboxEnvironment()
-    rules, problems = _load_file(path, environment, template_exists, purposes)
+    rules, problems = _load_file(path, environment, template_exists, purposes, environ)
     seen: dict[str, Rule] = {}
     problems += _duplicate_names(rules, seen)
     _raise_first(problems)
@@ -87,6 +91,7 @@ def load_rules(
     *,
     template_exists: TemplateExists | None = None,
     purposes: Sequence[str] = BUILTIN_PURPOSES,
+    environ: Mapping[str, str] | None = None,
 ) -> RuleSet:
     """Load every rule file under a directory (recursively, sorted), or one file.
 
@@ -96,6 +101,8 @@ def load_rules(
             that it exists.
         purposes: the purposes rules may name (``Settings.purpose_names``); another purpose
             is an error.
+        environ: the environment webhook actions' ``${NAME}`` references are read from, to
+            check that each is set and that secrets are valid (``None``: not checked).
 
     Raises:
         RuleFileError: the first problem found: in a file, or a rule name used twice.
@@ -107,7 +114,7 @@ def load_rules(
     rules: list[Rule] = []
     seen: dict[str, Rule] = {}
     for path in rule_files(rules_dir_or_file):
-        loaded, problems = _load_file(path, environment, template_exists, purposes)
+        loaded, problems = _load_file(path, environment, template_exists, purposes, environ)
         problems += _duplicate_names(loaded, seen)
         _raise_first(problems)
         rules += loaded
@@ -119,6 +126,7 @@ def lint_rules(
     *,
     template_exists: TemplateExists | None = None,
     purposes: Sequence[str] = BUILTIN_PURPOSES,
+    environ: Mapping[str, str] | None = None,
 ) -> list[RuleFileError]:
     """Check rule files like :func:`load_rules`, collecting every problem instead of stopping.
 
@@ -127,6 +135,8 @@ def lint_rules(
         template_exists: when given, called with every step's and digest's template to check
             that it exists.
         purposes: the purposes rules may name (``Settings.purpose_names``).
+        environ: the environment webhook actions' ``${NAME}`` references are read from
+            (``None``: not checked).
 
     Returns:
         The problems, by file then line; empty when all is well.
@@ -139,7 +149,7 @@ def lint_rules(
     problems: list[RuleFileError] = []
     seen: dict[str, Rule] = {}
     for file in paths:
-        loaded, file_problems = _load_file(file, environment, template_exists, purposes)
+        loaded, file_problems = _load_file(file, environment, template_exists, purposes, environ)
         file_problems += _duplicate_names(loaded, seen)
         problems += sorted(file_problems, key=lambda err: err.line or 0)
     return problems
@@ -223,6 +233,7 @@ def _load_file(
     environment: BoundedSandboxEnvironment,
     template_exists: TemplateExists | None,
     purposes: Sequence[str],
+    environ: Mapping[str, str] | None = None,
 ) -> tuple[list[Rule], list[RuleFileError]]:
     """Return the valid rules of one file and the problems found in it."""
     try:
@@ -262,7 +273,15 @@ def _load_file(
             path=path,
             environment=environment,
         )
-        rule_problems += step_problems + exit_problems
+        actions, action_problems = compile_actions(
+            spec,
+            prefix,
+            document=document,
+            path=path,
+            environment=environment,
+            environ=environ,
+        )
+        rule_problems += step_problems + exit_problems + action_problems
         problems += rule_problems
         if not rule_problems and prefix not in unknown_purposes:
             rules.append(
@@ -283,6 +302,7 @@ def _load_file(
                     digest_template=spec.digest_template,
                     quiet_hours=spec.quiet_hours,
                     dedupe_key=dedupe_key,
+                    actions=actions,
                     source_path=path,
                     source_line=document.line_for((*prefix, "name")) or 1,
                 )

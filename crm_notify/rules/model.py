@@ -12,7 +12,7 @@ list of such mappings). Fields::
       # identify: {first: true}              # an identify call; first: true = only when the contact is created
       # idle_for: {entity: cart, after: 48h} # the entity had no activity for `after` (> 0); entity: cart only; `activity:` optional event name(s) that count, default Product Added, Product Removed, Cart Viewed, Checkout Started
     when: "order.total > 0"        # optional condition expression, or a list of them (all must hold); variables: event, contact, order, cart
-    template: order_shipped        # required unless `steps`: folder name under templates/
+    template: order_shipped        # required unless `steps` or `actions`: folder name under templates/
     delay: 2h                      # optional, default 0: send this long after the trigger time (the event's timestamp; for idle_for, when the idle period ends)
     not_before: 1h                 # optional send window, from the trigger time: not sent earlier than this
     not_after: 24h                 # optional: not sent at all later than this; must be more than `delay`, and not less than `not_before`
@@ -33,6 +33,11 @@ list of such mappings). Fields::
     digest_template: weekly_digest # required with over_limit: digest, else not allowed: folder under templates/ of the digest message
     quiet_hours: true              # optional: true (the configured CRM_NOTIFY_QUIET_HOURS) | false | {start: "21:00", end: "08:00"} (or "21:00-08:00"), in the contact's time zone; default: on for every purpose but transactional
     dedupe_key: "{{ order.order_id }}"   # optional template (or bare expression), same variables as `when`: one notification per rule, contact and key; an empty or undefined key does not dedupe
+    actions:                       # optional (not with `steps`): HTTP requests sent with (or, without `template`, instead of) the email; see crm_notify.actions.spec
+      - type: webhook
+        url: https://api.sms.example/v1/messages
+        headers: {Authorization: "Bearer ${SMS_API_TOKEN}"}
+        body: {to: "{{ contact.traits.phone }}", text: "Your order {{ order.order_id }} is on its way"}
 
 Files are read as YAML 1.2: ``on``, ``yes`` and ``NO`` are strings, only ``true``/``false`` are
 booleans. Values are not coerced: ``enabled: "yes"`` or ``event: 42`` is an error (quote it).
@@ -66,6 +71,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from crm_notify.actions.spec import WebhookActionSpec
 from crm_notify.errors import ConditionError, RenderError
 from crm_notify.rules.durations import (
     DURATION_JSON_PATTERN,
@@ -78,6 +84,7 @@ from crm_notify.rules.triggers import CART_ACTIVITY_EVENTS, IdleTrigger, Trigger
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from crm_notify.actions.model import WebhookAction
     from crm_notify.render.sandbox import BoundedSandboxEnvironment
     from crm_notify.rules.conditions import Condition
 
@@ -586,9 +593,14 @@ class RuleSpec(_Spec):
     model_config = ConfigDict(
         title="Rule",
         json_schema_extra={
-            "oneOf": [{"required": ["template"]}, {"required": ["steps"]}],
+            "anyOf": [
+                {"required": ["template"]},
+                {"required": ["steps"]},
+                {"required": ["actions"]},
+            ],
             "dependentSchemas": {
-                "steps": {"not": {"anyOf": [{"required": [key]} for key in SINGLE_STEP_KEYS]}}
+                "steps": {"not": {"anyOf": [{"required": [key]} for key in SINGLE_STEP_KEYS]}},
+                "actions": {"not": {"required": ["steps"]}},
             },
         },
     )
@@ -615,6 +627,7 @@ class RuleSpec(_Spec):
     digest_template: Annotated[str, Field(pattern=TEMPLATE_NAME_PATTERN)] | None = None
     quiet_hours: _QuietHours | None = None
     dedupe_key: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
+    actions: Annotated[list[WebhookActionSpec], Field(min_length=1)] | None = None
 
 
 class RulesFileSpec(_Spec):
@@ -661,14 +674,16 @@ class Rule:
     """A loaded rule, its conditions compiled.
 
     A rule always has at least one step. Give either ``steps`` or only ``template`` (which
-    becomes one step sent at once); ``template`` is always the first step's template.
+    becomes one step sent at once); ``template`` is always the first step's template. A rule
+    with ``actions`` sends them with its single step; without a ``template`` it sends no email
+    (its one step's template is then ``""``).
     ``source_path`` and ``source_line`` locate it (the line of its ``name``) for messages.
     ``quiet_hours`` ``None`` means the default: on (the configured window) for every purpose
     but ``transactional``.
 
     Raises:
-        ValueError: neither ``template`` nor ``steps``, or a ``template`` that is not the first
-            step's.
+        ValueError: neither ``template`` nor ``steps`` nor ``actions``, a ``template`` that is
+            not the first step's, or ``actions`` with several steps.
     """
 
     name: str
@@ -688,13 +703,16 @@ class Rule:
     digest_template: str | None = None
     quiet_hours: bool | QuietWindow | None = None
     dedupe_key: DedupeKey | None = None
+    actions: tuple[WebhookAction, ...] = ()
     source_path: Path = field(default_factory=Path)
     source_line: int = 0
 
     def __post_init__(self) -> None:
+        if self.actions and len(self.steps) > 1:
+            raise ValueError(f"rule {self.name!r}: actions go with single-message rules only")
         if not self.steps:
-            if not self.template:
-                raise ValueError(f"rule {self.name!r} needs a template or steps")
+            if not self.template and not self.actions:
+                raise ValueError(f"rule {self.name!r} needs a template or steps (or actions)")
             object.__setattr__(
                 self, "steps", (Step(index=0, name="step-1", template=self.template),)
             )
@@ -705,6 +723,11 @@ class Rule:
                 f"rule {self.name!r}: template {self.template!r} is not the first step's "
                 f"({self.steps[0].template!r})"
             )
+
+    @property
+    def sends_email(self) -> bool:
+        """Whether a firing sends an email (a rule with only ``actions`` does not)."""
+        return bool(self.template)
 
     @property
     def is_timed(self) -> bool:

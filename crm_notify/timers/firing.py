@@ -141,7 +141,7 @@ class TimerFiring:
                     return record(TimerStatus.CANCELLED, failed)
                 return then_next(record(TimerStatus.SKIPPED, failed))
         payload = timer.payload or {}
-        notification_id = decide_send(
+        notification_ids = decide_send(
             session,
             rule=rule,
             step_index=timer.step,
@@ -152,7 +152,7 @@ class TimerFiring:
             policy=self._policy,
             timer=timer,
         )
-        return then_next(self._finish_send(session, timer, notification_id))
+        return then_next(self._finish_send(session, timer, notification_ids))
 
     def _fire_digest(self, session: Session, rule: Rule, timer: Timer) -> list[int]:
         """Send the sends collected over a rate limit as one message."""
@@ -165,7 +165,7 @@ class TimerFiring:
             "cart": None,
             "digest": {"items": items, "count": len(items)},
         }
-        notification_id = decide_send(
+        notification_ids = decide_send(
             session,
             rule=rule,
             step_index=0,
@@ -177,16 +177,17 @@ class TimerFiring:
             timer=timer,
             template=rule.digest_template or rule.template,
         )
-        return self._finish_send(session, timer, notification_id)
+        return self._finish_send(session, timer, notification_ids)
 
     def _finish_send(
-        self, session: Session, timer: Timer, notification_id: int | None
+        self, session: Session, timer: Timer, notification_ids: list[int]
     ) -> list[int]:
-        if notification_id is None:
+        if not notification_ids:
             self._finish(session, timer, TimerStatus.SKIPPED, "not sent now (see decision log)")
             return []
-        self._finish(session, timer, TimerStatus.FIRED, f"notification {notification_id}")
-        return [notification_id]
+        listed = ", ".join(str(notification_id) for notification_id in notification_ids)
+        self._finish(session, timer, TimerStatus.FIRED, f"notification {listed}")
+        return notification_ids
 
     @staticmethod
     def _finish(session: Session, timer: Timer, status: TimerStatus, reason: str) -> None:

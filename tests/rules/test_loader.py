@@ -482,7 +482,11 @@ def test_json_schema_describes_both_forms() -> None:
     rule = schema["$defs"]["RuleSpec"]
     assert rule["additionalProperties"] is False
     assert set(rule["required"]) == {"name", "trigger", "purpose"}
-    assert rule["oneOf"] == [{"required": ["template"]}, {"required": ["steps"]}]
+    assert rule["anyOf"] == [
+        {"required": ["template"]},
+        {"required": ["steps"]},
+        {"required": ["actions"]},
+    ]
     assert rule["properties"]["purpose"]["pattern"] == "^[a-z][a-z0-9_]*$"
     assert rule["properties"]["purpose"]["examples"] == ["transactional", "marketing"]
     trigger = schema["$defs"]["TriggerSpec"]

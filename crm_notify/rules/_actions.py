@@ -1,0 +1,287 @@
+"""A rule's ``actions:`` -> checked, compiled webhook actions, each problem at its line.
+
+Everything that can be checked before a send is checked here, so a rule file that loads never
+fails at send for a reason the file holds: the URL (https, or http to loopback only; no
+credentials or templates in it; ``${NAME}`` only in the query string), header names and values
+(``${NAME}`` references only; no line breaks; not the headers crm-notify sets itself), the body
+templates (syntax and variables), the secret reference, and, when the environment is given,
+that every referenced variable is set and the secret is a valid ``whsec_`` secret.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from crm_notify.actions.body import compile_body
+from crm_notify.actions.env import ENV_REFERENCE, referenced_variables
+from crm_notify.actions.model import BODY_VARIABLES, WebhookAction
+from crm_notify.actions.signing import SigningSecret
+from crm_notify.actions.spec import WebhookActionSpec
+from crm_notify.errors import RuleFileError
+from crm_notify.render.sandbox import BoundedSandboxEnvironment
+from crm_notify.rules._validation_errors import dotted
+from crm_notify.rules.model import OverLimit, RuleSpec
+from crm_notify.rules.yaml_source import NodePath, YamlDocument
+
+#: An HTTP header name (RFC 9110 token).
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+#: Headers crm-notify sets itself (lower case): the body's, the connection's, the signature's.
+RESERVED_HEADERS = frozenset(
+    {
+        "content-type",
+        "content-length",
+        "host",
+        "transfer-encoding",
+        "connection",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+    }
+)
+#: ``secret:`` as it must be written: one reference.
+_SECRET_REFERENCE = re.compile(r"^\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}$")
+_ENV_HINT = "set it in the service's environment; the value stays out of the rule file"
+
+
+class _Checker:
+    """Collects the problems of one rule's actions."""
+
+    def __init__(
+        self, document: YamlDocument, path: Path, environ: Mapping[str, str] | None
+    ) -> None:
+        self.document = document
+        self.path = path
+        self.environ = environ
+        self.problems: list[RuleFileError] = []
+
+    def problem(self, key: NodePath, message: str, hint: str | None = None) -> None:
+        self.problems.append(RuleFileError(self.path, self.document.line_for(key), message, hint))
+
+    def variables(self, key: NodePath, text: str, what: str) -> bool:
+        """Check the ``${NAME}`` references of ``text``; whether they are all fine."""
+        try:
+            names = referenced_variables(text)
+        except ValueError as exc:
+            self.problem(key, f"{what}: {exc}")
+            return False
+        missing = [name for name in names if self.environ is not None and name not in self.environ]
+        for name in missing:
+            self.problem(key, f"{what} uses ${{{name}}}, but {name} is not set", _ENV_HINT)
+        return not missing
+
+
+def compile_actions(
+    spec: RuleSpec,
+    prefix: NodePath,
+    *,
+    document: YamlDocument,
+    path: Path,
+    environment: BoundedSandboxEnvironment,
+    environ: Mapping[str, str] | None,
+) -> tuple[tuple[WebhookAction, ...], list[RuleFileError]]:
+    """Check and compile a rule's ``actions``.
+
+    Parameters:
+        spec: the validated rule.
+        prefix: the rule's path in the document (``()`` or ``("rules", i)``).
+        document: the file's data and line map.
+        path: the rule file.
+        environment: the sandbox to compile body templates in.
+        environ: the environment ``${NAME}`` references are read from; ``None`` skips the
+            check that they are set (``rules test`` and other tools without the secrets).
+
+    Returns:
+        The actions (incomplete when there are problems), and the problems.
+    """
+    if spec.actions is None:
+        return (), []
+    checker = _Checker(document, path, environ)
+    key = (*prefix, "actions")
+    if spec.steps is not None:
+        checker.problem(
+            key,
+            f"'{dotted(key)}' cannot be used with 'steps'",
+            "actions go with a single-message rule (template, or actions alone, and delay)",
+        )
+    if spec.over_limit is OverLimit.DIGEST and spec.template is None:
+        checker.problem(
+            (*prefix, "over_limit"),
+            "'over_limit: digest' collects sends into one email, and this rule sends none",
+            "use drop or defer for a rule with only actions",
+        )
+    actions: list[WebhookAction] = []
+    named: dict[str, NodePath] = {}
+    for index, action in enumerate(spec.actions):
+        base = (*key, index)
+        name = action.name or f"webhook-{index + 1}"
+        if name in named:
+            checker.problem(
+                (*base, "name"),
+                f"action name '{name}' is already used by '{dotted(named[name])}'",
+                "action names must be unique within a rule (unnamed ones are webhook-1, ...)",
+            )
+        named.setdefault(name, base)
+        compiled = _compile_one(action, name, base, checker, environment)
+        if compiled is not None:
+            actions.append(compiled)
+    return tuple(actions), checker.problems
+
+
+def _compile_one(
+    action: WebhookActionSpec,
+    name: str,
+    base: NodePath,
+    checker: _Checker,
+    environment: BoundedSandboxEnvironment,
+) -> WebhookAction | None:
+    before = len(checker.problems)
+    _check_url(action.url, (*base, "url"), checker)
+    headers = _check_headers(action.headers or {}, (*base, "headers"), checker)
+    secret_variable = _check_secret(action.secret, (*base, "secret"), checker)
+    body = None
+    if action.body is not None and action.method == "GET":
+        checker.problem((*base, "body"), "a GET request carries no body", "use POST, PUT or PATCH")
+    else:
+        body, body_problems = compile_body(
+            action.body, action.content_type, environment=environment, variables=BODY_VARIABLES
+        )
+        for problem in body_problems:
+            where = dotted((*base, "body", *problem.path))
+            checker.problem(
+                (*base, "body", *problem.path), f"{where}: {problem.message}", problem.hint
+            )
+    if len(checker.problems) > before:
+        return None
+    return WebhookAction(
+        name=name,
+        url=action.url,
+        method=action.method,
+        headers=headers,
+        content_type=action.content_type,
+        body=body,
+        secret_variable=secret_variable,
+        source_path=checker.path,
+        source_line=checker.document.line_for(base) or 0,
+    )
+
+
+def _check_url(url: str, key: NodePath, checker: _Checker) -> None:
+    if any(marker in url for marker in ("{{", "{%")):
+        checker.problem(
+            key,
+            "the URL is static: templates are not allowed in it",
+            "put event data in the body; ${NAME} reads an environment variable in the query",
+        )
+        return
+    query_start = url.find("?")
+    for match in ENV_REFERENCE.finditer(url):
+        if match["name"] and (query_start < 0 or match.start() < query_start):
+            checker.problem(
+                key,
+                f"${{{match['name']}}} may only be used in the URL's query string",
+                "the scheme, host and path are static",
+            )
+            return
+    if not checker.variables(key, url, "the URL"):
+        return
+    parts = urlsplit(ENV_REFERENCE.sub("x", url))
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        shown = f"'{parts.scheme}'" if parts.scheme else "none"
+        checker.problem(key, f"unsupported URL scheme {shown}", "use https://")
+        return
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port lazily
+    except ValueError as exc:
+        checker.problem(key, f"invalid port in the URL: {exc}")
+        return
+    if not parts.hostname:
+        checker.problem(key, "the URL has no host", "e.g. https://hooks.example.com/path")
+    elif parts.username is not None or parts.password is not None:
+        checker.problem(
+            key,
+            "credentials in the URL are not allowed",
+            "send them in a header, e.g. Authorization: Bearer ${API_TOKEN}",
+        )
+    elif parts.fragment:
+        checker.problem(key, "a URL fragment (#...) is never sent", "remove it")
+    elif scheme == "http" and not _is_loopback(parts.hostname):
+        checker.problem(
+            key,
+            f"plain http:// is allowed only to loopback addresses, not '{parts.hostname}'",
+            "use https://",
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_headers(
+    headers: dict[str, str], key: NodePath, checker: _Checker
+) -> tuple[tuple[str, str], ...]:
+    seen: dict[str, str] = {}
+    result = []
+    for name, value in headers.items():
+        where = (*key, name)
+        lower = name.lower()
+        if not _HEADER_NAME.fullmatch(name):
+            checker.problem(where, f"'{name}' is not a valid header name")
+            continue
+        if lower in RESERVED_HEADERS:
+            checker.problem(
+                where,
+                f"header '{name}' is set by crm-notify",
+                "the body's type comes from content_type; the webhook-* headers sign the request",
+            )
+            continue
+        if lower in seen:
+            checker.problem(where, f"header '{name}' is given twice (as '{seen[lower]}')")
+            continue
+        seen[lower] = name
+        if any(char in value for char in "\r\n\0"):
+            checker.problem(where, f"the value of header '{name}' contains a line break or NUL")
+            continue
+        if any(marker in value for marker in ("{{", "{%")):
+            checker.problem(
+                where,
+                f"header '{name}' holds a template, but header values are static",
+                "${NAME} reads an environment variable; put event data in the body",
+            )
+            continue
+        if checker.variables(where, value, f"header '{name}'"):
+            result.append((name, value))
+    return tuple(result)
+
+
+def _check_secret(secret: str | None, key: NodePath, checker: _Checker) -> str | None:
+    if secret is None:
+        return None
+    match = _SECRET_REFERENCE.fullmatch(secret.strip())
+    if match is None:
+        checker.problem(
+            key,
+            "write the signing secret as a reference to an environment variable, e.g. "
+            "${SMS_WEBHOOK_SECRET}",
+            "never the secret itself in a rule file",
+        )
+        return None
+    name = match["name"]
+    if checker.environ is None:
+        return name
+    try:
+        SigningSecret.parse(checker.environ[name])
+    except KeyError:
+        checker.problem(key, f"the secret uses ${{{name}}}, but {name} is not set", _ENV_HINT)
+    except ValueError as exc:
+        checker.problem(key, f"{name} is not a signing secret: {exc}")
+    return name
