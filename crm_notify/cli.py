@@ -49,6 +49,7 @@ LAZY_COMMANDS = {
     "consent": ("crm_notify.commands.consent", "consent"),
     "explain": ("crm_notify.commands.explain", "explain"),
     "gdpr": ("crm_notify.commands.gdpr", "gdpr"),
+    "kpis": ("crm_notify.commands.kpis", "kpis"),
     "outbox": ("crm_notify.commands.outbox", "outbox"),
     "suppressions": ("crm_notify.commands.suppression", "suppressions"),
 }

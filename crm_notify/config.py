@@ -28,6 +28,9 @@ BOOLEAN_VALUES = frozenset({"1", "0", "true", "false", "yes", "no", "on", "off"}
 #: What a purpose name must look like.
 PURPOSE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
+#: What the name of an ESP in ``CRM_NOTIFY_ESPS`` must look like (it is part of a URL path).
+ESP_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
 #: ESP URL schemes of providers with an HTTP API (``<provider>://KEY@[host][/path][?options]``).
 API_SCHEMES = frozenset({"sendgrid", "brevo", "mandrill", "postmark", "mailgun", "ses"})
 #: ESP URL schemes this release can deliver through.
@@ -186,8 +189,10 @@ class Settings(BaseSettings):
         None, description="Comma-separated SNS topic ARNs whose SES notifications are accepted."
     )
     sns_certificate_hosts: str = Field(
-        "sns.*.amazonaws.com",
-        description="Hosts (fnmatch patterns) SNS signing certificates may come from.",
+        "aws",
+        description="Where SNS signing certificates may come from: `aws` (Amazon SNS in every "
+        "region, sns.<region>.amazonaws.com[.cn]) and/or host[:port] patterns (`*` within one "
+        "DNS label), comma-separated.",
     )
     webhook_secret: SecretStr | None = Field(
         None,
@@ -267,6 +272,17 @@ class Settings(BaseSettings):
             if not PURPOSE_PATTERN.fullmatch(name):
                 raise ValueError(f"purpose {name!r} must match {PURPOSE_PATTERN.pattern}")
         return ",".join(dict.fromkeys(["transactional", "marketing", *names]))
+
+    @field_validator("esps")
+    @classmethod
+    def _check_esps(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, url in value.items():
+            if not ESP_NAME_PATTERN.fullmatch(name):
+                raise ValueError(f"ESP name {name!r} must be lowercase letters, digits, '-' or '_'")
+            scheme = urlsplit(url).scheme
+            if scheme not in ESP_SCHEMES:
+                raise ValueError(f"{name}: scheme must be one of {', '.join(sorted(ESP_SCHEMES))}")
+        return value
 
     @field_validator("secret_key")
     @classmethod

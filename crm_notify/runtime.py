@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import dramatiq
 import redis
@@ -14,8 +15,10 @@ from sqlalchemy.engine import Engine
 from crm_notify.actions.sender import WebhookActionSender
 from crm_notify.config import Settings
 from crm_notify.db import make_engine, session_scope
+from crm_notify.errors import ConfigurationError
 from crm_notify.esp.base import EspAdapter
 from crm_notify.esp.factory import adapter_from_url, configured_esps, esp_providers
+from crm_notify.esp.failover import EspChain
 from crm_notify.esp.rate_limited import (
     LocalSendRateLimiter,
     RateLimitedAdapter,
@@ -57,15 +60,37 @@ def rate_limited(adapter: EspAdapter, settings: Settings) -> EspAdapter:
     return RateLimitedAdapter(adapter, rate_per_s=settings.esp_rate, limiter=limiter)
 
 
+def build_esp_chain(settings: Settings) -> EspChain:
+    """The configured ESPs in failover order, each held to ``CRM_NOTIFY_ESP_RATE``.
+
+    Raises:
+        ConfigurationError: an ESP URL cannot be used (its name is in the message).
+    """
+    esps = []
+    for name, url in configured_esps(settings).items():
+        try:
+            adapter = adapter_from_url(url, base_dir=Path.cwd())
+        except ConfigurationError as exc:
+            where = f"CRM_NOTIFY_ESPS[{name}]" if settings.esps else "CRM_NOTIFY_ESP_URL"
+            reason = str(exc).removeprefix("CRM_NOTIFY_ESP_URL: ")
+            raise ConfigurationError(f"{where}: {reason}") from exc
+        esps.append((name, rate_limited(adapter, settings)))
+    return EspChain(
+        esps,
+        threshold=settings.esp_failover_threshold,
+        cooldown_s=settings.esp_failover_cooldown_s,
+    )
+
+
 @dataclass
 class Runtime:
-    """Engine, rules, templates, ESP adapter, broker and services of one process."""
+    """Engine, rules, templates, ESPs, broker and services of one process."""
 
     settings: Settings
     engine: Engine
     rules: RuleSet
     templates: TemplateStore
-    adapter: EspAdapter
+    esps: EspChain
     broker: dramatiq.Broker
     policy: SendPolicy
     secret_key: bytes
@@ -89,7 +114,7 @@ class Runtime:
         self.delivery = DeliveryService(
             engine=self.engine,
             templates=self.templates,
-            adapter=self.adapter,
+            esps=self.esps,
             mail_from=self.settings.mail_from,
             max_attempts=self.settings.max_delivery_attempts,
             max_age=self.settings.delivery_max_age,
@@ -142,7 +167,7 @@ class Runtime:
             engine=engine or make_engine(settings.database_url),
             rules=rules,
             templates=templates,
-            adapter=rate_limited(adapter_from_url(settings.esp_url), settings),
+            esps=build_esp_chain(settings),
             broker=build_broker(settings),
             policy=SendPolicy.from_settings(settings),
             secret_key=load_secret_key(settings),
@@ -195,6 +220,6 @@ class Runtime:
             self._worker.stop(timeout=30_000)
             self._worker = None
         self.broker.close()
-        self.adapter.close()
+        self.esps.close()
         self.webhooks.close()
         self.engine.dispose()

@@ -42,6 +42,7 @@ from crm_notify.errors import (
     RenderError,
 )
 from crm_notify.esp.base import EspAdapter
+from crm_notify.esp.failover import EspChain
 from crm_notify.guards.base import SendAttempt
 from crm_notify.guards.policy import SendPolicy
 from crm_notify.guards.suppression import suppress
@@ -132,7 +133,8 @@ class DeliveryService:
     Parameters:
         engine: the database.
         templates: where templates are rendered from.
-        adapter: the ESP adapter.
+        adapter: the ESP adapter (when there is no failover list).
+        esps: the ESPs in failover order (instead of ``adapter``).
         mail_from: the From header.
         max_attempts: attempts before a transient failure becomes ``failed``.
         max_age: how long after its first attempt a notification may still be retried
@@ -151,7 +153,8 @@ class DeliveryService:
         *,
         engine: Engine,
         templates: TemplateStore,
-        adapter: EspAdapter,
+        adapter: EspAdapter | None = None,
+        esps: EspChain | None = None,
         mail_from: str,
         max_attempts: int,
         schedule_retry: Callable[[int, timedelta], None] | None = None,
@@ -162,7 +165,11 @@ class DeliveryService:
     ) -> None:
         self._engine = engine
         self._templates = templates
-        self._adapter = adapter
+        if esps is None:
+            if adapter is None:
+                raise ValueError("DeliveryService needs an adapter or esps")
+            esps = EspChain.single(adapter)
+        self._esps = esps
         self._max_attempts = max_attempts
         self._max_age = max_age
         self._schedule_retry = schedule_retry
@@ -186,7 +193,7 @@ class DeliveryService:
                     return DeliveryOutcome(deliver_webhook(self._webhooks, session, row))
                 except EspTransientError as exc:  # committed: retried as an ESP's would be
                     return self._after_transient(notification_id, row.attempts, exc)
-            text, attempts = row.message, row.attempts
+            text, attempts, pinned = row.message, row.attempts, row.esp
             if text is None:
                 try:
                     rendered = self._render(row)
@@ -203,8 +210,10 @@ class DeliveryService:
                 )
                 text = rendered["message"]
         try:
-            result = self._adapter.send_text(text)
+            result = self._esps.send_text(text, pinned=pinned)
         except EspTransientError as exc:
+            if exc.maybe_accepted:
+                self._pin(notification_id, exc.esp)
             return self._after_transient(notification_id, attempts, exc)
         except EspPermanentError as exc:
             with session_scope(self._engine) as session:
@@ -263,6 +272,26 @@ class DeliveryService:
         )
         logger.info("notification %s cancelled at delivery (%s)", row.id, verdict.reason)
         return DeliveryOutcome("cancelled")
+
+    def _pin(self, notification_id: int, esp: str) -> None:
+        """Tie a notification to ``esp``: it may have the message, so failover must not send
+        it through another ESP."""
+        # Losing this write could hand the message to a second ESP after the lease: a short
+        # database outage is waited out, as for the sent status.
+        for delay_s in (*MARK_SENT_RETRY_DELAYS_S, None):
+            try:
+                with session_scope(self._engine) as session:
+                    repository.pin_esp(session=session, notification_id=notification_id, esp=esp)
+                break
+            except OperationalError:
+                if delay_s is None:
+                    raise
+                time.sleep(delay_s)
+        logger.warning(
+            "notification %s: %s may have accepted it without answering; it is retried only there",
+            notification_id,
+            esp,
+        )
 
     def _record_sent(self, notification_id: int, esp: str, esp_message_id: str | None) -> None:
         # The provider has the message now: losing this write would mean a second send after

@@ -308,6 +308,15 @@ def mark_sent(
     )
 
 
+def pin_esp(*, session: Session, notification_id: int, esp: str) -> None:
+    """Record that ``esp`` may have the notification's message (see ``esp/failover.py``)."""
+    session.execute(
+        sa.update(Notification)
+        .where(Notification.id == notification_id)  # type: ignore[arg-type]
+        .values(esp=esp)
+    )
+
+
 def mark_retrying(
     *, session: Session, notification_id: int, error: str, next_attempt_at: datetime
 ) -> bool:

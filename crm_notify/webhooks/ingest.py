@@ -4,28 +4,33 @@ Each event is stored once (a replay is recognised by its ``event_key`` and has n
 linked to our notification by the id we sent along or by the provider's message id, and
 added to the notification's status history. Effects:
 
-- a hard bounce or a complaint suppresses the address for every purpose;
-- an unsubscribe records a consent withdrawal for the notification's purpose (every
-  non-transactional purpose when it was transactional mail);
+- a hard bounce or a complaint suppresses the address for every purpose (an address already
+  suppressed for every purpose keeps its entry: an erased person's stays hash-only);
+- an unsubscribe from one of our notifications records a consent withdrawal for its purpose
+  (every non-transactional purpose when it was transactional mail); one that matches none of
+  our notifications (mail of another tool on the same ESP account) is only stored;
 - every other type is only recorded (and counted in the KPIs). Unknown types are stored too.
+
+Events about an erased person (their address is suppressed as ``erased``) are stored without
+the provider's payload, which holds the address.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlalchemy.exc import DataError, IntegrityError
+from sqlmodel import Session, col, select
 
 from crm_notify.clock import now
 from crm_notify.contacts.models import Contact
-from crm_notify.contacts.repository import find_contact_by_ref
 from crm_notify.errors import EventValidationError
 from crm_notify.guards.consent import record_consent
-from crm_notify.guards.models import ConsentSource, SuppressionReason
-from crm_notify.guards.suppression import address_hash_or_none, suppress
+from crm_notify.guards.models import ALL_PURPOSES, ConsentSource, SuppressionReason
+from crm_notify.guards.suppression import address_hash_or_none, suppress, suppressed_for
 from crm_notify.outbox.models import Notification, NotificationStatusChange
 from crm_notify.webhooks.events import BounceKind, EventType, TrackingEvent
 from crm_notify.webhooks.models import TrackingEventRecord
@@ -36,6 +41,10 @@ logger = logging.getLogger(__name__)
 TRANSACTIONAL = "transactional"
 #: Longest ``description`` kept.
 DESCRIPTION_CHARS = 1000
+#: Longest provider message id and event key (the columns' lengths).
+ID_CHARS = 255
+#: Values per ``IN (...)`` list when looking rows up for a batch.
+LOOKUP_CHUNK = 500
 
 
 @dataclass
@@ -72,29 +81,32 @@ def record_tracking_events(
             every one of them but transactional).
     """
     summary = IngestSummary(received=len(events))
-    for event in events:
-        key = f"{provider}:{event.event_id}"[:255]
-        if session.exec(
-            select(TrackingEventRecord.id).where(TrackingEventRecord.event_key == key)
-        ).first():
+    keyed = [(f"{provider}:{_clean(event.event_id)}"[:ID_CHARS], event) for event in events]
+    known = _existing_keys(session, [key for key, _ in keyed])
+    notifications = _Notifications(session, events)
+    for key, event in keyed:
+        if key in known:
             summary.duplicates += 1
             continue
-        notification = _notification_for(session, provider, event)
+        known.add(key)
+        notification = notifications.for_event(event)
+        address = event.recipient or (notification.to_address if notification else None)
+        erased = _erased(session, address)
         record = TrackingEventRecord(
             event_key=key,
             esp=provider,
             event_type=event.event_type.value,
-            provider_event_type=event.provider_event_type[:64],
-            provider_message_id=event.provider_message_id,
+            provider_event_type=_clean(event.provider_event_type)[:64],
+            provider_message_id=_clean(event.provider_message_id or "")[:ID_CHARS] or None,
             notification_id=notification.id if notification else None,
-            recipient_hash=address_hash_or_none(
-                event.recipient or (notification.to_address if notification else None)
-            ),
+            recipient_hash=address_hash_or_none(address),
             bounce_kind=event.bounce_kind.value if event.bounce_kind else None,
-            url=event.url,
-            description=(event.description or "")[:DESCRIPTION_CHARS] or None,
+            url=None if erased else _clean(event.url or "") or None,
+            description=None
+            if erased
+            else _clean(event.description or "")[:DESCRIPTION_CHARS] or None,
             occurred_at=event.occurred_at,
-            payload=event.payload,
+            payload={} if erased else _clean(event.payload),
         )
         try:
             with session.begin_nested():  # a concurrent replay of the same event loses here
@@ -102,32 +114,96 @@ def record_tracking_events(
         except IntegrityError:
             summary.duplicates += 1
             continue
+        except DataError:  # a value the database refuses: kept as an unknown event instead
+            logger.warning("%s webhook: event %s not stored as received", provider, key)
+            record = _bare(record)
+            with session.begin_nested():
+                session.add(record)
         summary.stored += 1
         if notification is None:
             summary.unmatched += 1
         else:
-            _add_history(session, notification, event)
-        _apply_effects(session, provider, event, notification, purposes)
+            _add_history(session, notification, event, erased=erased)
+        _apply_effects(session, provider, event, notification, address, purposes)
     return summary
 
 
-def _notification_for(session: Session, provider: str, event: TrackingEvent) -> Notification | None:
-    """Our notification the event is about: by the id we sent along (when the recipient
-    agrees), else by the provider's message id."""
-    if event.notification_id is not None:
-        row = session.get(Notification, event.notification_id)
-        if row is not None and _same_recipient(row, event):
-            return row
-    if event.provider_message_id:
-        rows = session.exec(
-            select(Notification)
-            .where(Notification.esp_message_id == event.provider_message_id)
-            .order_by(Notification.id)  # type: ignore[arg-type]
-        ).all()
-        matching = [row for row in rows if _same_recipient(row, event)]
-        if matching:
-            return matching[0]
-    return None
+def _clean(value: Any) -> Any:
+    """``value`` without NUL characters (PostgreSQL refuses them in text and JSON)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_clean(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(item) for item in value]
+    return value
+
+
+def _bare(record: TrackingEventRecord) -> TrackingEventRecord:
+    """``record`` reduced to what cannot be refused: key, type and links."""
+    return TrackingEventRecord(
+        event_key=record.event_key,
+        esp=record.esp,
+        event_type=EventType.UNKNOWN.value,
+        provider_event_type=record.provider_event_type,
+        notification_id=record.notification_id,
+        recipient_hash=record.recipient_hash,
+        payload={"error": "the event could not be stored as received"},
+    )
+
+
+def _chunks(values: Sequence[Any]) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(values), LOOKUP_CHUNK):
+        yield values[start : start + LOOKUP_CHUNK]
+
+
+def _existing_keys(session: Session, keys: Sequence[str]) -> set[str]:
+    found: set[str] = set()
+    unique = sorted(set(keys))
+    for chunk in _chunks(unique):
+        found.update(
+            session.exec(
+                select(TrackingEventRecord.event_key).where(
+                    col(TrackingEventRecord.event_key).in_(chunk)
+                )
+            ).all()
+        )
+    return found
+
+
+class _Notifications:
+    """Our notifications a batch of events may be about, looked up in a few queries."""
+
+    def __init__(self, session: Session, events: Sequence[TrackingEvent]) -> None:
+        ids = sorted({e.notification_id for e in events if e.notification_id is not None})
+        message_ids = sorted({e.provider_message_id for e in events if e.provider_message_id})
+        self.by_id: dict[int, Notification] = {}
+        self.by_message_id: dict[str, list[Notification]] = {}
+        for chunk in _chunks(ids):
+            for row in session.exec(select(Notification).where(col(Notification.id).in_(chunk))):
+                assert row.id is not None
+                self.by_id[row.id] = row
+        for chunk in _chunks(message_ids):
+            rows = session.exec(
+                select(Notification)
+                .where(col(Notification.esp_message_id).in_(chunk))
+                .order_by(col(Notification.id))
+            )
+            for row in rows:
+                assert row.esp_message_id is not None
+                self.by_message_id.setdefault(row.esp_message_id, []).append(row)
+
+    def for_event(self, event: TrackingEvent) -> Notification | None:
+        """The notification ``event`` is about: by the id we sent along (when the recipient
+        agrees), else by the provider's message id."""
+        if event.notification_id is not None:
+            row = self.by_id.get(event.notification_id)
+            if row is not None and _same_recipient(row, event):
+                return row
+        for row in self.by_message_id.get(event.provider_message_id or "", []):
+            if _same_recipient(row, event):
+                return row
+        return None
 
 
 def _same_recipient(row: Notification, event: TrackingEvent) -> bool:
@@ -136,20 +212,30 @@ def _same_recipient(row: Notification, event: TrackingEvent) -> bool:
     return address_hash_or_none(event.recipient) == address_hash_or_none(row.to_address)
 
 
-def _add_history(session: Session, notification: Notification, event: TrackingEvent) -> None:
+def _erased(session: Session, address: str | None) -> bool:
+    """Whether ``address`` belongs to an erased person (suppressed as ``erased``)."""
+    if not address:
+        return False
+    entry = suppressed_for(session=session, email=address, purpose=ALL_PURPOSES)
+    return entry is not None and entry.reason == SuppressionReason.ERASED
+
+
+def _add_history(
+    session: Session, notification: Notification, event: TrackingEvent, *, erased: bool
+) -> None:
     detail = event.event_type.value
     if event.bounce_kind:
         detail = f"{event.bounce_kind.value} bounce"
-    if event.url:
+    if event.url and not erased:
         detail = f"clicked {event.url}"
-    if event.description:
+    if event.description and not erased:
         detail = f"{detail}: {event.description}"
     assert notification.id is not None
     session.add(
         NotificationStatusChange(
             notification_id=notification.id,
             status=event.event_type.value,
-            detail=detail[:DESCRIPTION_CHARS],
+            detail=_clean(detail)[:DESCRIPTION_CHARS],
             at=event.occurred_at or now(),
         )
     )
@@ -160,11 +246,14 @@ def _apply_effects(
     provider: str,
     event: TrackingEvent,
     notification: Notification | None,
+    address: str | None,
     purposes: Sequence[str],
 ) -> None:
-    address = event.recipient or (notification.to_address if notification else None)
     hard_bounce = event.event_type == EventType.BOUNCED and event.bounce_kind == BounceKind.HARD
     if address and (hard_bounce or event.event_type == EventType.COMPLAINED):
+        existing = suppressed_for(session=session, email=address, purpose=ALL_PURPOSES)
+        if existing is not None and existing.purpose == ALL_PURPOSES:
+            return  # already kept from every purpose; its entry (and reason) stays as it is
         reason = SuppressionReason.HARD_BOUNCE if hard_bounce else SuppressionReason.COMPLAINT
         try:
             suppress(
@@ -172,7 +261,7 @@ def _apply_effects(
                 email=address,
                 reason=reason,
                 created_by=f"{provider}-webhook",
-                detail=(event.description or event.provider_event_type)[:DESCRIPTION_CHARS],
+                detail=_clean(event.description or event.provider_event_type)[:DESCRIPTION_CHARS],
             )
         except EventValidationError:  # not an address: nothing to suppress
             return
@@ -182,29 +271,19 @@ def _apply_effects(
             reason.value,
             notification.id if notification else None,
         )
-    elif event.event_type == EventType.UNSUBSCRIBED:
-        _withdraw(session, provider, event, notification, address, purposes)
+    elif event.event_type == EventType.UNSUBSCRIBED and notification is not None:
+        _withdraw(session, provider, notification, purposes)
 
 
 def _withdraw(
-    session: Session,
-    provider: str,
-    event: TrackingEvent,
-    notification: Notification | None,
-    address: str | None,
-    purposes: Sequence[str],
+    session: Session, provider: str, notification: Notification, purposes: Sequence[str]
 ) -> None:
-    contact: Contact | None = None
-    if notification is not None and notification.contact_id is not None:
-        contact = session.get(Contact, notification.contact_id)
-    elif address:
-        try:
-            contact = find_contact_by_ref(session, address)
-        except ValueError:
-            contact = None
+    if notification.contact_id is None:
+        return
+    contact = session.get(Contact, notification.contact_id)
     if contact is None or contact.id is None:
         return
-    purpose = notification.purpose if notification is not None else TRANSACTIONAL
+    purpose = notification.purpose
     withdrawn = (
         [purpose] if purpose != TRANSACTIONAL else [p for p in purposes if p != TRANSACTIONAL]
     )
@@ -216,6 +295,11 @@ def _withdraw(
             granted=False,
             source=ConsentSource.ESP_WEBHOOK,
             actor=f"{provider}-webhook",
-            notification_id=notification.id if notification else None,
+            notification_id=notification.id,
         )
-    logger.info("%s webhook: consent withdrawn for %s", provider, ", ".join(withdrawn))
+    logger.info(
+        "%s webhook: consent withdrawn for %s (notification %s)",
+        provider,
+        ", ".join(withdrawn),
+        notification.id,
+    )
