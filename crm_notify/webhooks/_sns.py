@@ -10,7 +10,8 @@ https://docs.aws.amazon.com/sns/latest/dg/sns-verify-signature-of-message.html:
 - ``Signature`` is the base64 of an RSA PKCS#1 v1.5 signature of it, with SHA-1
   (``SignatureVersion`` 1) or SHA-256 (``SignatureVersion`` 2);
 - the public key is in the X.509 certificate at ``SigningCertURL``, which must be an
-  ``https://`` URL on an Amazon SNS host (:class:`HostPolicy`) ending in ``.pem``.
+  ``https://`` URL on an Amazon SNS host (:class:`HostPolicy`): on AWS
+  ``https://sns.<region>.amazonaws.com/SimpleNotificationService-<hex>.pem``.
 
 Certificates are kept in memory once fetched. Errors are :class:`SnsSignatureError` (the
 message is not authentic) and :class:`SnsUnavailableError` (a certificate could not be
@@ -22,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -67,6 +69,18 @@ CACHE_SIZE = 64
 FETCH_TIMEOUT_S = 10.0
 #: Largest certificate accepted, in bytes.
 MAX_CERTIFICATE_BYTES = 64 * 1024
+#: The host pattern that stands for Amazon SNS's own endpoints in every region.
+AWS_HOSTS = "aws"
+#: An Amazon SNS endpoint: ``sns.<region>.amazonaws.com`` (``.amazonaws.com.cn`` in China). The
+#: region label must look like one (``eu-west-1``, ``us-gov-west-1``): ``sns.*.amazonaws.com``
+#: would also match S3 bucket hosts such as ``sns.s3.amazonaws.com``, whose owner could serve
+#: a certificate of their own.
+AWS_SNS_HOST = re.compile(r"sns\.[a-z]{2}(-[a-z]+)+-\d+\.amazonaws\.com(\.cn)?")
+#: The path of SNS's signing certificates on an AWS host.
+AWS_CERTIFICATE_PATH = re.compile(r"/SimpleNotificationService-[0-9a-f]+\.pem")
+#: AWS's domains: any host under them must be an SNS endpoint (:data:`AWS_SNS_HOST`), whatever
+#: patterns are configured.
+AWS_DOMAINS = (".amazonaws.com", ".amazonaws.com.cn")
 
 
 class SnsSignatureError(Exception):
@@ -89,13 +103,19 @@ class SnsUnavailableError(Exception):
 class HostPolicy:
     """Which hosts SNS certificates (and subscription confirmations) may come from.
 
-    Each pattern is ``host[:port]``; in the host, ``*`` and ``?`` match within one DNS label
+    Each pattern is ``aws`` (Amazon SNS in every region: :data:`AWS_SNS_HOST`, port 443) or
+    ``host[:port]``; in the host, ``*`` and ``?`` match within one DNS label
     (``sns.*.amazonaws.com`` matches ``sns.eu-west-1.amazonaws.com``, never
     ``sns.x.evil.amazonaws.com``). A URL with an explicit port matches only a pattern naming
-    that port. URLs must be ``https://``, except to loopback hosts (tests).
+    that port. URLs must be ``https://``, except to loopback hosts (tests). Whatever the
+    patterns, a host under AWS's domains must be a regional SNS endpoint (so no pattern lets
+    an S3 bucket host such as ``sns.s3.amazonaws.com`` through), and a certificate on it must
+    be at ``/SimpleNotificationService-<hex>.pem``; elsewhere any ``.pem`` path will do.
     """
 
     patterns: tuple[tuple[str, int | None], ...]
+    #: Whether Amazon SNS's own hosts (the ``aws`` pattern) are allowed.
+    aws: bool = False
 
     @classmethod
     def parse(cls, text: str) -> HostPolicy:
@@ -105,14 +125,18 @@ class HostPolicy:
             ValueError: no pattern, or one with a port that is not a number.
         """
         patterns: list[tuple[str, int | None]] = []
+        aws = False
         for item in (part.strip() for part in text.split(",")):
             if not item:
                 continue
+            if item.lower() == AWS_HOSTS:
+                aws = True
+                continue
             host, port = _split_host_port(item)
             patterns.append((host, port))
-        if not patterns:
+        if not patterns and not aws:
             raise ValueError("no host pattern given")
-        return cls(tuple(patterns))
+        return cls(tuple(patterns), aws=aws)
 
     def allows(self, url: str) -> bool:
         """Whether ``url`` is on an allowed host, with an allowed scheme."""
@@ -128,10 +152,27 @@ class HostPolicy:
             return False
         if port is not None and port == _default_port(parts):
             port = None
+        if _on_aws(host):
+            if not AWS_SNS_HOST.fullmatch(host):
+                return False
+            if self.aws and port is None:
+                return True
         return any(
             _host_matches(host, pattern) and port == pattern_port
             for pattern, pattern_port in self.patterns
         )
+
+    def allows_certificate(self, url: str) -> bool:
+        """Whether ``url`` may hold a signing certificate: an allowed host (:meth:`allows`)
+        and a certificate path (SNS's own on AWS, any ``.pem`` elsewhere), no query."""
+        if not self.allows(url):
+            return False
+        parts = urlsplit(url)
+        if parts.query or parts.fragment:
+            return False
+        if _on_aws((parts.hostname or "").lower()):
+            return AWS_CERTIFICATE_PATH.fullmatch(parts.path) is not None
+        return parts.path.endswith(".pem")
 
 
 class CertificateStore:
@@ -156,10 +197,11 @@ class CertificateStore:
                 is no RSA certificate.
             SnsUnavailableError: it could not be fetched.
         """
-        if not self.hosts.allows(url) or not urlsplit(url).path.endswith(".pem"):
+        if not self.hosts.allows_certificate(url):
             raise SnsSignatureError(
-                "SigningCertURL is not an https .pem URL on an allowed host "
-                "(CRM_NOTIFY_SNS_CERTIFICATE_HOSTS)"
+                "SigningCertURL is not a certificate URL on an allowed SNS host (https; on AWS "
+                "https://sns.<region>.amazonaws.com/SimpleNotificationService-<hex>.pem; "
+                "CRM_NOTIFY_SNS_CERTIFICATE_HOSTS)"
             )
         with self._lock:
             cached = self._keys.get(url)
@@ -196,7 +238,7 @@ def string_to_sign(message: Mapping[str, Any]) -> bytes:
     """
     fields = SIGNED_FIELDS.get(str(message.get("Type")))
     if fields is None:
-        raise SnsSignatureError(f"unknown SNS message Type {message.get('Type')!r}")
+        raise SnsSignatureError(f"Type must be one of {', '.join(SIGNED_FIELDS)}")
     lines: list[str] = []
     for name in fields:
         value = message.get(name)
@@ -222,9 +264,7 @@ def verify_message(message: Mapping[str, Any], store: CertificateStore) -> None:
         raise SnsSignatureError("Signature and SigningCertURL are required", missing=True)
     algorithm = SIGNATURE_HASHES.get(str(message.get("SignatureVersion")))
     if algorithm is None:
-        raise SnsSignatureError(
-            f"unsupported SignatureVersion {message.get('SignatureVersion')!r} (1 or 2)"
-        )
+        raise SnsSignatureError("unsupported SignatureVersion (1 or 2)")
     try:
         signature = base64.b64decode(str(signature_text), validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -265,6 +305,10 @@ def _host_matches(host: str, pattern: str) -> bool:
     if len(host_labels) != len(pattern_labels):
         return False
     return all(fnmatchcase(h, p) for h, p in zip(host_labels, pattern_labels, strict=True))
+
+
+def _on_aws(host: str) -> bool:
+    return host.endswith(AWS_DOMAINS)
 
 
 def _default_port(parts: SplitResult) -> int:

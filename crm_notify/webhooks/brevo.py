@@ -16,6 +16,10 @@ https://developers.brevo.com/docs/secured-webhooks):
   deferrals, blocks), ``link`` (clicks), ``ts_epoch`` (milliseconds, UTC) and ``ts_event``
   (seconds, UTC). ``id`` is the webhook's id, not the event's: Brevo has no event id, so a
   digest of the event identifies replays.
+
+An item that is not an event object (not an object, or no ``event``) is stored as an unknown
+event (``malformed``) rather than refusing the whole batch; a body that is neither an object
+nor an array is refused (400).
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ EVENT_TYPES: dict[str, tuple[EventType, BounceKind | None]] = {
 }
 #: Opens Brevo attributes to a privacy proxy (Apple Mail Privacy Protection), not a reader.
 PROXY_OPENS = frozenset({"proxy_open", "unique_proxy_open"})
+#: ``provider_event_type`` of an item that is not an event object.
+MALFORMED = "malformed"
 #: Brevo's header whose string value its events echo back (see the Brevo adapter).
 CUSTOM_DATA_FIELD = "X-Mailin-custom"
 #: ``ts_epoch`` values above this are milliseconds (Brevo documents milliseconds, some
@@ -127,18 +133,23 @@ class BrevoWebhook(EspWebhook):
         raise self.auth_error(f"{expected} required", missing=True)
 
     def parse_events(self, request: WebhookRequest) -> list[TrackingEvent]:
-        """One event per object of the body (an object, or an array when batched)."""
+        """One event per object of the body (an object, or an array when batched); an item
+        that is not an event object becomes an ``unknown`` event (``malformed``).
+
+        Raises:
+            WebhookPayloadError: the body is neither a JSON object nor an array.
+        """
         body = request.json(self.provider)
+        if not isinstance(body, dict | list):
+            raise self.payload_error("the body must be a JSON object or an array of them")
         items = body if isinstance(body, list) else [body]
         events: list[TrackingEvent] = []
-        for index, item in enumerate(items):
-            where = f"event {index}" if isinstance(body, list) else "the body"
-            if not isinstance(item, dict):
-                raise self.payload_error(f"{where} is not a JSON object")
-            kind = item.get("event")
-            if not isinstance(kind, str) or not kind:
-                raise self.payload_error(f"{where}: the field 'event' is missing")
-            events.append(self._event(kind, item))
+        for item in items:
+            kind = item.get("event") if isinstance(item, dict) else None
+            if isinstance(item, dict) and isinstance(kind, str) and kind:
+                events.append(self._event(kind, item))
+            else:
+                events.append(malformed_event(item))
         return events
 
     def _event(self, kind: str, item: dict[str, Any]) -> TrackingEvent:
@@ -160,6 +171,16 @@ class BrevoWebhook(EspWebhook):
             description=reason or None,
             payload=item,
         )
+
+
+def malformed_event(item: Any) -> TrackingEvent:
+    """An ``unknown`` event for an item that is not an event object (kept, not lost)."""
+    return TrackingEvent(
+        event_type=EventType.UNKNOWN,
+        provider_event_type=MALFORMED,
+        event_id=payload_digest(item),
+        payload=item if isinstance(item, dict) else {"item": item},
+    )
 
 
 def message_id(value: Any) -> str | None:

@@ -6,8 +6,12 @@ https://documentation.mailgun.com/docs/mailgun/user-manual/events/event-types).
   "event-data": {...}}``; ``signature`` is the hex HMAC-SHA256 of ``timestamp + token`` with
   the domain's HTTP webhook signing key. Events of a subaccount's domain carry a
   ``parent-signature`` made with the primary account's key: either one may match.
+- The signature covers ``timestamp + token`` only, not ``event-data``: a captured signed call
+  could carry forged ``event-data``. Mailgun sends one event per call with a fresh random
+  ``token``, so the token is the event id (as anymail does): any second use of a token is a
+  duplicate and changes nothing, whatever its ``event-data``.
 - ``event-data``: ``event``, ``timestamp`` (Unix seconds, fractional), ``id`` (unique only
-  within a day, so the event id here is ``id`` and ``timestamp`` together), ``recipient``,
+  within a day), ``recipient``,
   ``message.headers.message-id`` (the id the send API answered, without angle brackets),
   ``user-variables`` (our ``v:crm_notify_id``; ``[]`` when there are none), ``severity`` and
   ``reason`` of ``failed`` events, ``delivery-status`` (SMTP code and message), ``url`` of
@@ -18,7 +22,8 @@ https://documentation.mailgun.com/docs/mailgun/user-manual/events/event-types).
   ``generic``, ``esp-block``: refused for other reasons); ``suppress-unsubscribe`` and
   ``suppress-complaint`` were not sent at all (rejected).
 
-The legacy form-encoded webhooks (retired in 2023) are refused with a clear 400.
+The legacy form-encoded webhooks (retired in 2023) are answered 406, which tells Mailgun not
+to retry.
 """
 
 from __future__ import annotations
@@ -35,7 +40,6 @@ from crm_notify.webhooks.events import (
     EventType,
     TrackingEvent,
     parse_notification_id,
-    payload_digest,
 )
 
 #: Mailgun's ``event`` -> our type (``failed`` is refined by ``severity`` and ``reason``).
@@ -53,6 +57,10 @@ EVENT_TYPES = {
 HARD_REASONS = frozenset({"bounce", "suppress-bounce"})
 #: Permanent-failure reasons where Mailgun did not send because of an earlier opt-out.
 NOT_SENT_REASONS = frozenset({"suppress-unsubscribe", "suppress-complaint"})
+#: The answer that tells Mailgun a call is rejected and must not be retried.
+DO_NOT_RETRY_STATUS = 406
+#: Longest signature token used as it is in the event id (longer ones are hashed).
+MAX_TOKEN_CHARS = 128
 
 
 class MailgunWebhook(EspWebhook):
@@ -82,7 +90,7 @@ class MailgunWebhook(EspWebhook):
         """Check the body's ``signature`` block (or ``parent-signature``) and its timestamp.
 
         Raises:
-            WebhookPayloadError: the body is not a JSON object (e.g. a legacy form webhook).
+            WebhookPayloadError: the body is not a JSON object (406 for a legacy form webhook).
             WebhookAuthError: the block is missing (401), the signature is wrong or the
                 timestamp too old (403).
         """
@@ -117,24 +125,27 @@ class MailgunWebhook(EspWebhook):
         Raises:
             WebhookPayloadError: ``event-data`` is missing or has no ``event``.
         """
-        data = self._body(request).get("event-data")
+        body = self._body(request)
+        data = body.get("event-data")
         if not isinstance(data, dict) or not isinstance(data.get("event"), str):
             raise self.payload_error("event-data: required, an object with an 'event' field")
-        return [self._event(data)]
+        return [self._event(data, token=str(body["signature"]["token"]))]
 
     def _body(self, request: WebhookRequest) -> dict[str, Any]:
         content_type = request.header("content-type") or ""
         if "json" not in content_type.lower() and not request.body.lstrip().startswith(b"{"):
-            raise self.payload_error(
+            error = self.payload_error(
                 "the body is not JSON: legacy (form-encoded) Mailgun webhooks are not "
                 "supported; add the URL under Sending > Webhooks"
             )
+            error.status_code = DO_NOT_RETRY_STATUS
+            raise error
         body = request.json(self.provider)
         if not isinstance(body, dict):
             raise self.payload_error("the body must be a JSON object")
         return body
 
-    def _event(self, data: dict[str, Any]) -> TrackingEvent:
+    def _event(self, data: dict[str, Any], *, token: str) -> TrackingEvent:
         name = data["event"]
         event_type = EVENT_TYPES.get(name, EventType.UNKNOWN)
         bounce_kind = None
@@ -156,7 +167,6 @@ class MailgunWebhook(EspWebhook):
         variables = data.get("user-variables")
         variables = variables if isinstance(variables, dict) else {}
         headers = _dig(data, "message", "headers")
-        event_id = data.get("id")
         return TrackingEvent(
             event_type=event_type,
             provider_event_type=f"failed/{reason}" if name == "failed" and reason else name,
@@ -164,12 +174,20 @@ class MailgunWebhook(EspWebhook):
             notification_id=parse_notification_id(variables.get("crm_notify_id")),
             recipient=_text(data.get("recipient")),
             occurred_at=_unix_time(data.get("timestamp")),
-            event_id=f"{event_id}@{data.get('timestamp')}" if event_id else payload_digest(data),
+            event_id=_event_id(token),
             bounce_kind=bounce_kind,
             url=_text(data.get("url")) if event_type == EventType.CLICKED else None,
             description=description,
             payload=data,
         )
+
+
+def _event_id(token: str) -> str:
+    """The event id of a call: its signature token (Mailgun's are 50 characters; a longer
+    one is hashed so it fits the event key)."""
+    if len(token) <= MAX_TOKEN_CHARS:
+        return f"token:{token}"
+    return "token-sha256:" + hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 def _message_id(value: Any) -> str | None:

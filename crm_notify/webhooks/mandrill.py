@@ -18,6 +18,11 @@ https://mandrill.zendesk.com/hc/en-us/articles/360039232513-How-to-Authenticate-
   ``smtp_events``). Sync events (``type``: ``whitelist`` / ``blacklist``, ``action``,
   ``reject``) and inbound messages are stored as unknown. Mandrill has no event id: a digest
   of the message id, type, time and URL identifies replays.
+
+An item that is not an event object (not an object, or neither ``event`` nor ``type``) is
+stored as an unknown event (``malformed``) rather than refusing the whole batch; a body that is
+not a form with ``mandrill_events`` holding a JSON array is refused (400). Errors never quote
+the body.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from typing import Any, Self
 from urllib.parse import urlsplit
 
 from crm_notify.config import Settings
-from crm_notify.errors import ConfigurationError
+from crm_notify.errors import ConfigurationError, WebhookPayloadError
 from crm_notify.webhooks.base import EspWebhook, WebhookRequest, secret_value
 from crm_notify.webhooks.events import (
     BounceKind,
@@ -60,6 +65,8 @@ EVENTS_FIELD = "mandrill_events"
 SIGNATURE_HEADERS = ("x-mandrill-signature", "x-mailchimp-signature")
 #: The key Mandrill signs its empty test call with when the HEAD check of a new webhook fails.
 TEST_KEY = "test-webhook"
+#: ``provider_event_type`` of an item that is not an event object.
+MALFORMED = "malformed"
 
 
 class MandrillWebhook(EspWebhook):
@@ -100,7 +107,7 @@ class MandrillWebhook(EspWebhook):
         given = next((value for name in SIGNATURE_HEADERS if (value := request.header(name))), None)
         if not given:
             raise self.auth_error("the X-Mandrill-Signature header is missing", missing=True)
-        fields = request.form(self.provider)
+        fields = self._form(request)
         signed = (self.url or request.url) + "".join(
             name + values[-1] for name, values in sorted(fields.items())
         )
@@ -118,22 +125,31 @@ class MandrillWebhook(EspWebhook):
         )
 
     def parse_events(self, request: WebhookRequest) -> list[TrackingEvent]:
-        """One event per element of ``mandrill_events``."""
-        values = request.form(self.provider).get(EVENTS_FIELD)
+        """One event per element of ``mandrill_events``; an element that is not an event
+        object becomes an ``unknown`` event (``malformed``).
+
+        Raises:
+            WebhookPayloadError: no ``mandrill_events`` field, or it is not a JSON array.
+        """
+        values = self._form(request).get(EVENTS_FIELD)
         if not values:
             raise self.payload_error(f"the form field {EVENTS_FIELD} is missing")
         try:
             items = json.loads(values[-1])
-        except ValueError as exc:
-            raise self.payload_error(f"{EVENTS_FIELD} is not JSON ({exc})") from exc
+        except (ValueError, RecursionError) as exc:
+            raise self.payload_error(f"{EVENTS_FIELD} is not JSON") from exc
         if not isinstance(items, list):
             raise self.payload_error(f"{EVENTS_FIELD} is not a JSON array")
-        events: list[TrackingEvent] = []
-        for index, item in enumerate(items):
-            if not isinstance(item, dict):
-                raise self.payload_error(f"{EVENTS_FIELD}[{index}] is not a JSON object")
-            events.append(_event(item))
-        return events
+        return [_event(item) if _is_event(item) else _malformed(item) for item in items]
+
+    def _form(self, request: WebhookRequest) -> dict[str, list[str]]:
+        """The form fields, with an error that does not quote the body (the base's may)."""
+        try:
+            return request.form(self.provider)
+        except WebhookPayloadError:
+            # Not `from exc`: its message may quote the body (addresses), which must not reach
+            # a log, not even as the cause.
+            raise self.payload_error("the body is not form-encoded") from None
 
 
 def _event(item: dict[str, Any]) -> TrackingEvent:
@@ -166,6 +182,22 @@ def _event(item: dict[str, Any]) -> TrackingEvent:
         url=str(url) if url else None,
         description=_description(msg, reject),
         payload=item,
+    )
+
+
+def _is_event(item: Any) -> bool:
+    """A message event (``event``) or a sync event (``type``)."""
+    return isinstance(item, dict) and any(
+        isinstance(item.get(name), str) and item.get(name) for name in ("event", "type")
+    )
+
+
+def _malformed(item: Any) -> TrackingEvent:
+    return TrackingEvent(
+        event_type=EventType.UNKNOWN,
+        provider_event_type=MALFORMED,
+        event_id=payload_digest(item),
+        payload=item if isinstance(item, dict) else {"item": item},
     )
 
 

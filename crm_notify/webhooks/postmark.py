@@ -16,6 +16,12 @@ of each webhook, and the bounce types of https://postmarkapp.com/developer/api/b
 ``HardBounce`` and ``BadEmailAddress`` (Postmark deactivates the address), soft for the
 others that are refusals, deferred for delays (``Transient``, ``DnsError``); types that are
 not delivery failures (auto-responders, challenge mails) are stored as unknown.
+
+A ``SubscriptionChange`` that suppresses sending with ``SuppressionReason``
+``ManualSuppression`` is the recipient's unsubscribe only when its ``Origin`` is
+``Recipient``; a suppression the sender made (``Customer``: the UI or API) or Postmark's staff
+made (``Admin``) says nothing about the recipient's consent and is stored as unknown, as is a
+suppression for a reason we do not know.
 """
 
 from __future__ import annotations
@@ -89,12 +95,15 @@ BOUNCE_TYPE_CODES = {
     100008: "InboundError",
     100009: "DMARCPolicy",
 }
-#: ``SuppressionReason`` of a suppressing subscription change -> our type and kind.
+#: ``SuppressionReason`` of a suppressing subscription change -> our type and kind
+#: (``ManualSuppression`` only when the recipient made it: :data:`RECIPIENT_ORIGIN`).
 SUPPRESSION_REASONS: dict[str, tuple[EventType, BounceKind | None]] = {
     "HardBounce": (EventType.BOUNCED, BounceKind.HARD),
     "SpamComplaint": (EventType.COMPLAINED, None),
-    "ManualSuppression": (EventType.UNSUBSCRIBED, None),  # incl. the recipient's unsubscribe
+    "ManualSuppression": (EventType.UNSUBSCRIBED, None),  # the recipient's unsubscribe
 }
+#: The ``Origin`` of a suppression the recipient made (others: ``Customer``, ``Admin``).
+RECIPIENT_ORIGIN = "Recipient"
 #: Fields holding the time of each record type, tried in order.
 TIME_FIELDS = ("DeliveredAt", "BouncedAt", "ReceivedAt", "ChangedAt")
 
@@ -174,9 +183,9 @@ class PostmarkWebhook(EspWebhook):
             description = f"{reason} ({origin})" if origin else reason or None
             if record.get("SuppressSending") is True:
                 provider_type = f"SubscriptionChange/{reason or 'suppressed'}"
-                event_type, bounce_kind = SUPPRESSION_REASONS.get(
-                    reason, (EventType.UNSUBSCRIBED, None)
-                )
+                event_type, bounce_kind = SUPPRESSION_REASONS.get(reason, (EventType.UNKNOWN, None))
+                if reason == "ManualSuppression" and origin != RECIPIENT_ORIGIN:
+                    event_type = EventType.UNKNOWN
             else:  # reactivated: we have no type for a resubscribe
                 provider_type, event_type = "SubscriptionChange/reactivated", EventType.UNKNOWN
         metadata = record.get("Metadata")

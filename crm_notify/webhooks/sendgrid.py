@@ -13,7 +13,12 @@ https://www.twilio.com/docs/sendgrid/for-developers/tracking-events/getting-star
 
 ``bounce`` events have ``type`` ``bounce`` (permanent: SendGrid suppresses the address) or
 ``blocked`` (the message was refused, not the address: SendGrid does not suppress), and a
-``bounce_classification``.
+``bounce_classification``. Only ``type: bounce`` is hard: a bounce without a ``type``, or with
+one we do not know, is soft (the type is kept in the description).
+
+One item of a batch that is not an event object (not an object, or no ``event``) is stored as
+an unknown event (``malformed``) rather than refusing the whole batch, which SendGrid would
+retry, events and all.
 """
 
 from __future__ import annotations
@@ -58,8 +63,11 @@ EVENT_TYPES = {
     "unsubscribe": EventType.UNSUBSCRIBED,
     "group_unsubscribe": EventType.UNSUBSCRIBED,
 }
-#: Bounce ``type`` -> kind: ``blocked`` is a refusal of the message, not of the address.
+#: Bounce ``type`` -> kind: ``blocked`` is a refusal of the message, not of the address; any
+#: other (or no) type is soft too: only ``bounce`` condemns the address.
 BOUNCE_KINDS = {"bounce": BounceKind.HARD, "blocked": BounceKind.SOFT}
+#: ``provider_event_type`` of a batch item that is not an event object.
+MALFORMED = "malformed"
 #: Where the ``X-Message-Id`` part of an ``sg_message_id`` ends.
 _MESSAGE_ID_SUFFIX = re.compile(r"\.(?:filter|recvd)")
 
@@ -122,32 +130,40 @@ class SendGridWebhook(EspWebhook):
     def parse_events(self, request: WebhookRequest) -> list[TrackingEvent]:
         """The events of the batch, in order.
 
+        Items that are not event objects become ``unknown`` events (``malformed``).
+
         Raises:
-            WebhookPayloadError: the body is not a JSON array of event objects.
+            WebhookPayloadError: the body is not a JSON array.
         """
         batch = request.json(self.provider)
         if not isinstance(batch, list):
             raise self.payload_error("the body must be a JSON array of events")
-        events = []
-        for index, raw in enumerate(batch):
-            if not isinstance(raw, dict) or not isinstance(raw.get("event"), str):
-                raise self.payload_error(f"[{index}]: not an event object with an 'event' field")
-            events.append(self._event(raw))
-        return events
+        return [
+            self._event(raw)
+            if isinstance(raw, dict) and isinstance(raw.get("event"), str) and raw["event"]
+            else malformed_event(raw)
+            for raw in batch
+        ]
 
     def _event(self, raw: dict[str, Any]) -> TrackingEvent:
         name = raw["event"]
         event_type = EVENT_TYPES.get(name, EventType.UNKNOWN)
         bounce_kind = None
         description = _text(raw.get("reason")) or _text(raw.get("response"))
+        provider_type = name
         if event_type == EventType.BOUNCED:
-            bounce_kind = BOUNCE_KINDS.get(str(raw.get("type", "bounce")), BounceKind.HARD)
-            classification = _text(raw.get("bounce_classification"))
-            if classification:
-                description = f"{classification}: {description or ''}".rstrip(": ")
+            bounce_type = _text(raw.get("type"))
+            bounce_kind = BOUNCE_KINDS.get(bounce_type or "", BounceKind.SOFT)
+            provider_type = f"bounce/{bounce_type or 'untyped'}"
+            parts = [
+                f"type {bounce_type}" if bounce_type else "no type",
+                _text(raw.get("bounce_classification")),
+                description,
+            ]
+            description = ": ".join(part for part in parts if part)
         return TrackingEvent(
             event_type=event_type,
-            provider_event_type=name if name != "bounce" else f"bounce/{raw.get('type', 'bounce')}",
+            provider_event_type=provider_type,
             provider_message_id=provider_message_id(raw.get("sg_message_id")),
             notification_id=parse_notification_id(raw.get("crm_notify_id")),
             recipient=_text(raw.get("email")),
@@ -158,6 +174,16 @@ class SendGridWebhook(EspWebhook):
             description=description,
             payload=raw,
         )
+
+
+def malformed_event(item: Any) -> TrackingEvent:
+    """An ``unknown`` event for a batch item that is not an event object (kept, not lost)."""
+    return TrackingEvent(
+        event_type=EventType.UNKNOWN,
+        provider_event_type=MALFORMED,
+        event_id=payload_digest(item),
+        payload=item if isinstance(item, dict) else {"item": item},
+    )
 
 
 def load_public_key(text: str) -> ec.EllipticCurvePublicKey:

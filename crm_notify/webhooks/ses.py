@@ -8,15 +8,20 @@ https://docs.aws.amazon.com/ses/latest/dg/event-publishing-retrieving-sns-conten
 - the body is an SNS envelope (JSON, sent as ``text/plain``): ``Type`` ``Notification``,
   ``SubscriptionConfirmation`` or ``UnsubscribeConfirmation``, signed by SNS
   (:mod:`crm_notify.webhooks._sns`); ``TopicArn`` must be one of
-  ``CRM_NOTIFY_SES_WEBHOOK_TOPIC_ARNS``; the signed ``Timestamp`` must be within
-  ``CRM_NOTIFY_WEBHOOK_TOLERANCE_S``;
+  ``CRM_NOTIFY_SES_WEBHOOK_TOPIC_ARNS``. The signed ``Timestamp`` is *not* checked against
+  ``CRM_NOTIFY_WEBHOOK_TOLERANCE_S``: SNS keeps the original ``Timestamp`` on every retry (for
+  up to an hour with a delivery policy) and does not retry a 4xx answer, so an age check would
+  lose the events of an outage for good. The signature covers the message and its
+  ``MessageId`` identifies replays (a replayed message is a duplicate and changes nothing);
 - a ``SubscriptionConfirmation`` is confirmed by fetching its ``SubscribeURL`` (on an allowed
   SNS host); it carries no events;
 - a ``Notification``'s ``Message`` is a JSON *string* holding one SES event: ``eventType``
   (``notificationType`` for identity feedback notifications), ``mail`` (``messageId`` as
   ``SendEmail`` returned it, ``destination``, ``tags`` with our ``crm_notify_id``) and an
   object per type. A bounce, complaint, delivery or delay names its recipients; every other
-  type concerns all of ``mail.destination``: one event per recipient.
+  type concerns all of ``mail.destination``: one event per recipient. A ``Complaint`` whose
+  ``complaintFeedbackType`` is ``not-spam`` (the recipient took it *out* of spam) is stored as
+  unknown: it suppresses nothing.
 """
 
 from __future__ import annotations
@@ -72,6 +77,8 @@ DETAILS: dict[str, tuple[str, str | None]] = {
 VALIDATION_MESSAGE = "Successfully validated SNS topic for Amazon SES event publishing."
 #: The mail tag carrying our notification id (see the SES adapter's ``EmailTags``).
 ID_TAG = "crm_notify_id"
+#: ``complaintFeedbackType`` of a feedback report that is no complaint (marked "not spam").
+NOT_SPAM = "not-spam"
 
 
 class SesWebhook(EspWebhook):
@@ -80,7 +87,8 @@ class SesWebhook(EspWebhook):
     Parameters:
         topic_arns: the SNS topics accepted.
         certificate_hosts: where signing certificates and confirmation URLs may be.
-        tolerance_s: largest age of the signed SNS ``Timestamp``; ``0`` turns the check off.
+        tolerance_s: not used: SNS messages are accepted whatever their age (see the module
+            docstring).
     """
 
     provider = "ses"
@@ -118,12 +126,11 @@ class SesWebhook(EspWebhook):
             hosts = _sns.HostPolicy.parse(settings.sns_certificate_hosts)
         except ValueError as exc:
             raise ConfigurationError(f"CRM_NOTIFY_SNS_CERTIFICATE_HOSTS: {exc}") from exc
-        return cls(
-            topic_arns=arns, certificate_hosts=hosts, tolerance_s=settings.webhook_tolerance_s
-        )
+        return cls(topic_arns=arns, certificate_hosts=hosts)
 
     def validate_request(self, request: WebhookRequest) -> None:
-        """A signed SNS message of an accepted topic, recent enough."""
+        """A signed SNS message of an accepted topic (of any age: retries keep the
+        original ``Timestamp``)."""
         envelope = self._envelope(request)
         header_type = request.header("x-amz-sns-message-type")
         if header_type is not None and header_type != envelope.get("Type"):
@@ -140,10 +147,6 @@ class SesWebhook(EspWebhook):
             raise self.auth_error(str(exc), missing=exc.missing) from exc
         except _sns.SnsUnavailableError as exc:
             raise WebhookUnavailableError(self.provider, str(exc)) from exc
-        moment = _parse_time(envelope.get("Timestamp"))
-        if moment is None and self.tolerance_s:
-            raise self.auth_error("the SNS Timestamp is not an ISO 8601 time")
-        self.check_timestamp(moment)
 
     def parse_events(self, request: WebhookRequest) -> list[TrackingEvent]:
         """The events of a ``Notification``; a ``SubscriptionConfirmation`` is confirmed
@@ -172,10 +175,7 @@ class SesWebhook(EspWebhook):
         if not isinstance(envelope, dict):
             raise self.payload_error("the body is not an SNS message (a JSON object)")
         if envelope.get("Type") not in _sns.SIGNED_FIELDS:
-            raise self.payload_error(
-                f"Type must be one of {', '.join(_sns.SIGNED_FIELDS)}, not "
-                f"{str(envelope.get('Type'))[:40]!r}"
-            )
+            raise self.payload_error(f"Type must be one of {', '.join(_sns.SIGNED_FIELDS)}")
         return envelope
 
     def _confirm(self, envelope: Mapping[str, Any]) -> None:
@@ -210,6 +210,8 @@ class SesWebhook(EspWebhook):
             permanent = detail.get("bounceType") == "Permanent"
             bounce_kind = BounceKind.HARD if permanent else BounceKind.SOFT
         if kind == "Subscription" and not _unsubscribed(detail):
+            event_type = EventType.UNKNOWN
+        if kind == "Complaint" and detail.get("complaintFeedbackType") == NOT_SPAM:
             event_type = EventType.UNKNOWN
         recipients: list[tuple[str | None, Mapping[str, Any]]]
         if recipients_field is not None:

@@ -255,18 +255,46 @@ def test_bad_bodies_are_400_and_name_the_problem(
     server = webhook_server(brevo_webhook_auth=AUTH)
     headers = {"Content-Type": "application/json", **basic(AUTH)}
     assert server.post("brevo", b"{oops", headers).status_code == 400
-    no_type = post(server, {"email": "zoe@example.org"})
-    assert (no_type.status_code, no_type.json()["message"]) == (
+    scalar = post(server, "bob@example.com")
+    assert (scalar.status_code, scalar.json()["message"]) == (
         400,
-        "brevo webhook: the body: the field 'event' is missing",
+        "brevo webhook: the body must be a JSON object or an array of them",
     )
-    in_batch = post(server, [brevo_event("delivered"), "nope"])
-    assert (in_batch.status_code, in_batch.json()["message"]) == (
-        400,
-        "brevo webhook: event 1 is not a JSON object",
-    )
-    # Nothing of a refused batch is stored
+    assert "bob@example.com" not in scalar.text  # errors never quote the body
     assert stored_events(engine) == []
+
+
+def test_a_malformed_item_does_not_lose_the_batch(
+    webhook_server: Callable[..., WebhookServer], engine: Engine
+) -> None:
+    # Given a batch with a hard bounce and items that are no event objects
+    server = webhook_server(brevo_webhook_auth=AUTH)
+    sent = add_notification(
+        engine,
+        to_address="zoe@example.org",
+        esp="brevo",
+        esp_message_id="<202405011000.12345678901@smtp-relay.mailin.fr>",
+    )
+    no_type = {"email": "zoe@example.org", "ts_epoch": TS_EPOCH}
+    batch: list[Any] = [brevo_event("hard_bounce", reason="unknown user"), "nope", no_type, 3]
+    # When Brevo posts it
+    answer = post(server, batch)
+    # Then the bounce takes effect and each malformed item is stored as unknown
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"received": 4, "stored": 4, "duplicates": 0, "unmatched": 3}
+    rows = stored_events(engine)
+    assert [(r.event_type, r.provider_event_type) for r in rows] == [
+        ("bounced", "hard_bounce"),
+        ("unknown", "malformed"),
+        ("unknown", "malformed"),
+        ("unknown", "malformed"),
+    ]
+    assert rows[0].notification_id == sent.id
+    assert [r.payload for r in rows[1:]] == [{"item": "nope"}, no_type, {"item": 3}]
+    assert [entry.reason for entry in suppressions(engine)] == ["hard_bounce"]
+    # And a single (not batched) object without "event" is kept the same way
+    assert post(server, {"email": "x@example.org"}).json()["stored"] == 1
+    assert stored_events(engine)[-1].provider_event_type == "malformed"
 
 
 def test_an_empty_batch_is_fine(

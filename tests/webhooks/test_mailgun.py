@@ -1,6 +1,7 @@
 """Mailgun's webhooks through the real app: one JSON event per call signed with an HMAC of
 timestamp and token in the body, every documented event type, the timestamp tolerance,
-subaccount parent signatures, effects and replays."""
+subaccount parent signatures, effects and replays (the signature token is the event id: the
+signature does not cover event-data)."""
 
 from __future__ import annotations
 
@@ -236,13 +237,60 @@ def test_what_the_adapter_sends_links_the_events(server: WebhookServer, engine: 
     assert [r.notification_id for r in stored_events(engine)] == [sent.id, sent.id]
 
 
-def test_a_retry_with_a_new_signature_is_a_duplicate(server: WebhookServer, engine: Engine) -> None:
-    # Given an event Mailgun delivers twice, signed afresh each time
+@pytest.mark.parametrize("tolerance_s", [300, 0])
+def test_a_captured_token_cannot_carry_forged_event_data(
+    webhook_server: Callable[..., WebhookServer], engine: Engine, tolerance_s: int
+) -> None:
+    # Given a genuine "delivered" call, received once
+    server = webhook_server(
+        mailgun_webhook_signing_key=SIGNING_KEY, webhook_tolerance_s=tolerance_s
+    )
+    block = signature_block()
+    genuine = {"signature": block, "event-data": event_data("delivered")}
+    headers = {"Content-Type": "application/json"}
+    assert server.post("mailgun", json.dumps(genuine).encode(), headers).json()["stored"] == 1
+    # When someone who captured it reuses its signature block with forged event-data (hard
+    # bounces and an unsubscribe of other people)
+    for n, (name, extra) in enumerate(
+        [
+            ("failed", failed("permanent", "bounce", 550, "5.1.1 no such user")),
+            ("failed", failed("permanent", "bounce", 550, "5.1.1 no such user")),
+            ("unsubscribed", {}),
+        ]
+    ):
+        victim = add_notification(
+            engine, to_address=f"victim{n}@example.com", esp="mailgun", esp_message_id=f"v{n}@mg"
+        )
+        forged = {
+            "signature": block,
+            "event-data": event_data(
+                name, recipient=victim.to_address, message_id=f"v{n}@mg", id=f"forged{n}", **extra
+            ),
+        }
+        answer = server.post("mailgun", json.dumps(forged).encode(), headers)
+        # Then each is a duplicate of the genuine call: nothing stored, nobody suppressed
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"received": 1, "stored": 0, "duplicates": 1, "unmatched": 0}
+    assert [r.event_type for r in stored_events(engine)] == ["delivered"]
+    assert suppressions(engine) == [] and consent_records(engine) == []
+
+
+def test_the_event_id_is_the_signature_token(server: WebhookServer, engine: Engine) -> None:
+    # Given two calls about the same event, each signed with its own token
     data = event_data("complained")
-    assert server.post("mailgun", *call(data)).json()["stored"] == 1
-    # When the retry comes, then it is recognised by the event's id and time
-    assert server.post("mailgun", *call(data)).json()["duplicates"] == 1
-    assert len(stored_events(engine)) == 1
+    first = call(data, token="a" * 50)
+    second = call(data, token="b" * 50)
+    # When both come, then each is a call of its own (its token identifies it)
+    assert server.post("mailgun", *first).json()["stored"] == 1
+    assert server.post("mailgun", *second).json()["stored"] == 1
+    assert [r.event_key for r in stored_events(engine)] == [
+        f"mailgun:token:{'a' * 50}",
+        f"mailgun:token:{'b' * 50}",
+    ]
+    # And the complaint's effect is the same: one suppression entry
+    assert len(suppressions(engine)) == 1
+    # And a call repeated as it was is a duplicate
+    assert server.post("mailgun", *first).json()["duplicates"] == 1
 
 
 def test_a_subaccount_event_verifies_by_its_parent_signature(
@@ -292,12 +340,19 @@ def test_tolerance_0_accepts_captured_events(
     assert len(stored_events(engine)) == 1
 
 
-def test_a_legacy_form_webhook_is_400_saying_so(server: WebhookServer, engine: Engine) -> None:
+def test_a_legacy_form_webhook_is_406_so_mailgun_does_not_retry(
+    server: WebhookServer, engine: Engine
+) -> None:
+    # Given a call of a legacy (form-encoded) webhook
     block = signature_block()
-    body = "&".join(f"{k}={v}" for k, v in {**block, "event": "delivered"}.items()).encode()
+    fields = {**block, "event": "delivered", "recipient": "bob@example.com"}
+    body = "&".join(f"{k}={v}" for k, v in fields.items()).encode()
     answer = server.post("mailgun", body, {"Content-Type": "application/x-www-form-urlencoded"})
-    assert answer.status_code == 400
+    # Then it is answered 406 (Mailgun's "rejected, do not retry"), saying why, without
+    # quoting the body
+    assert answer.status_code == 406
     assert "legacy" in answer.json()["message"]
+    assert "bob@example.com" not in answer.text
     assert stored_events(engine) == []
 
 

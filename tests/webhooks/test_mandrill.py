@@ -274,8 +274,49 @@ def test_bad_bodies_are_400(webhook_server: Callable[..., WebhookServer], engine
     )
     assert signed({"mandrill_events": "GARBAGE"}).status_code == 400
     assert signed({"mandrill_events": '{"event": "send"}'}).status_code == 400
-    assert signed({"mandrill_events": '["send"]'}).status_code == 400
+    assert signed({"mandrill_events": "[" * 100_000}).status_code == 400
+    # A body that is not form-encoded is refused without quoting it
+    not_a_form = server.post(
+        "mandrill", b"bob@example.com", {"X-Mandrill-Signature": "c2lnbmF0dXJl"}
+    )
+    assert (not_a_form.status_code, not_a_form.json()["message"]) == (
+        400,
+        "mandrill webhook: the body is not form-encoded",
+    )
+    assert "bob@example.com" not in not_a_form.text
     assert stored_events(engine) == []
+
+
+def test_a_malformed_item_does_not_lose_the_batch(
+    webhook_server: Callable[..., WebhookServer], engine: Engine
+) -> None:
+    # Given a batch with a hard bounce and items that are no event objects
+    server = webhook_server(mandrill_webhook_key=KEY, mandrill_webhook_url=URL)
+    sent = add_notification(
+        engine, to_address="zoe@example.org", esp="mandrill", esp_message_id="md-abc123"
+    )
+    no_type = {"msg": {"email": "x@example.org"}, "ts": TS}
+    batch: list[Any] = [
+        mandrill_event("hard_bounce", message_id="md-abc123"),
+        "send",
+        no_type,
+        None,
+    ]
+    # When Mandrill posts it
+    answer = post(server, batch)
+    # Then the bounce takes effect and each malformed item is stored as unknown
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"received": 4, "stored": 4, "duplicates": 0, "unmatched": 3}
+    rows = stored_events(engine)
+    assert [(r.event_type, r.provider_event_type) for r in rows] == [
+        ("bounced", "hard_bounce"),
+        ("unknown", "malformed"),
+        ("unknown", "malformed"),
+        ("unknown", "malformed"),
+    ]
+    assert rows[0].notification_id == sent.id
+    assert [r.payload for r in rows[1:]] == [{"item": "send"}, no_type, {"item": None}]
+    assert [entry.reason for entry in suppressions(engine)] == ["hard_bounce"]
 
 
 def test_unsub_links_by_metadata_and_withdraws_consent(

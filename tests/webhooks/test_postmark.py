@@ -221,8 +221,9 @@ def test_every_record_and_bounce_type_is_mapped(server: WebhookServer, engine: E
     assert rows[0].occurred_at == datetime(2026, 3, 2, 12, 0, 0, 123456, tzinfo=UTC)
     assert rows[5].description is not None and rows[5].description.startswith("SoftBounce")
     assert rows[12].description == "ManualSuppression (Recipient)"
-    # and the hard bounce and the complaint suppress, the unsubscribe withdraws consent
-    assert [entry.reason for entry in suppressions(engine)] == ["complaint"]
+    # and the hard bounce and the complaint suppress (one entry for the address), the
+    # unsubscribe withdraws consent
+    assert [entry.email for entry in suppressions(engine)] == ["alice@example.com"]
     assert [r.granted for r in consent_records(engine)] == [False]
 
 
@@ -240,6 +241,39 @@ def test_a_suppressing_subscription_change_suppresses(
     assert stored_events(engine)[0].event_type == event_type
     assert [entry.reason for entry in suppressions(engine)] == [suppressed]
     assert consent_records(engine) == []
+
+
+@pytest.mark.parametrize("origin", ["Customer", "Admin", None])
+def test_a_manual_suppression_not_by_the_recipient_withdraws_no_consent(
+    server: WebhookServer, engine: Engine, origin: str | None
+) -> None:
+    # Given a notification, and its address suppressed by the sender (UI or API) or by
+    # Postmark's staff, not by the recipient
+    sent = add_notification(
+        engine, to_address="alice@example.com", esp="postmark", esp_message_id=MESSAGE_ID
+    )
+    one = {**unsubscribed(), "Origin": origin}
+    if origin is None:
+        del one["Origin"]
+    # When Postmark reports the subscription change
+    assert server.post("postmark", *call(one)).status_code == 200
+    # Then it is stored as unknown, linked, and the recipient's consent stands
+    [row] = stored_events(engine)
+    assert (row.event_type, row.provider_event_type, row.notification_id) == (
+        "unknown",
+        "SubscriptionChange/ManualSuppression",
+        sent.id,
+    )
+    assert consent_records(engine) == [] and suppressions(engine) == []
+
+
+def test_a_suppression_for_an_unknown_reason_is_unknown(
+    server: WebhookServer, engine: Engine
+) -> None:
+    one = {**unsubscribed(), "SuppressionReason": "SomethingNew"}
+    assert server.post("postmark", *call(one)).status_code == 200
+    assert stored_events(engine)[0].event_type == "unknown"
+    assert consent_records(engine) == [] and suppressions(engine) == []
 
 
 def test_a_bounce_with_only_its_type_code_is_mapped(server: WebhookServer, engine: Engine) -> None:

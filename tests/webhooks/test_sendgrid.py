@@ -196,7 +196,7 @@ def test_a_batch_of_every_documented_event_is_mapped(server: WebhookServer, engi
     assert {r.notification_id for r in rows} == {sent.id}
     assert {r.provider_message_id for r in rows} == {"W1hMf3pUTgS6"}
     assert rows[4].url == "https://shop.example.com/o/1"
-    assert rows[6].description == "Invalid Address: 550 5.1.1 no such user"
+    assert rows[6].description == "type bounce: Invalid Address: 550 5.1.1 no such user"
     assert rows[2].occurred_at == T0
     assert len(history(engine, sent.id)) == 12
     # and the hard bounce and the complaint suppress the address (one entry, updated)
@@ -210,6 +210,59 @@ def test_a_blocked_bounce_does_not_suppress(server: WebhookServer, engine: Engin
     assert server.post("sendgrid", *signed([event])).status_code == 200
     assert stored_events(engine)[0].bounce_kind == "soft"
     assert suppressions(engine) == []
+
+
+@pytest.mark.parametrize("bounce_type", [None, "", "soft", "deferral"])
+def test_a_bounce_without_a_known_type_is_soft(
+    server: WebhookServer, engine: Engine, bounce_type: str | None
+) -> None:
+    # Given a bounce with no type, or one SendGrid does not document (only "bounce" is hard)
+    add_notification(engine, to_address="bob@example.com", esp="sendgrid", esp_message_id="m2")
+    fields: dict[str, Any] = {"reason": "452 4.2.2 mailbox full"}
+    if bounce_type is not None:
+        fields["type"] = bounce_type
+    event = sendgrid_event("bounce", recipient="bob@example.com", message_id="m2", **fields)
+    # When it comes
+    assert server.post("sendgrid", *signed([event])).status_code == 200
+    # Then it is a soft bounce, the type kept in the description, and nothing is suppressed
+    [row] = stored_events(engine)
+    assert (row.event_type, row.bounce_kind) == ("bounced", "soft")
+    label = f"type {bounce_type}" if bounce_type else "no type"
+    assert row.description == f"{label}: 452 4.2.2 mailbox full"
+    assert row.provider_event_type == f"bounce/{bounce_type or 'untyped'}"
+    assert suppressions(engine) == []
+
+
+def test_a_malformed_item_does_not_lose_the_batch(server: WebhookServer, engine: Engine) -> None:
+    # Given a batch with a hard bounce and items that are no event objects
+    sent = add_notification(
+        engine, to_address="alice@example.com", esp="sendgrid", esp_message_id="m3"
+    )
+    bounce = sendgrid_event("bounce", message_id="m3", type="bounce", reason="550 no such user")
+    no_event = {"email": "x@example.com", "timestamp": int(T0.timestamp())}
+    batch: list[Any] = [bounce, no_event, "garbage", 42, None, {"event": 7}]
+    # When SendGrid posts it
+    answer = server.post("sendgrid", *signed(batch))
+    # Then the bounce takes effect and each malformed item is stored as unknown
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"received": 6, "stored": 6, "duplicates": 0, "unmatched": 5}
+    rows = stored_events(engine)
+    assert [(r.event_type, r.provider_event_type) for r in rows] == [
+        ("bounced", "bounce/bounce"),
+        *[("unknown", "malformed")] * 5,
+    ]
+    assert rows[0].notification_id == sent.id
+    assert [r.payload for r in rows[1:]] == [
+        no_event,
+        {"item": "garbage"},
+        {"item": 42},
+        {"item": None},
+        {"event": 7},
+    ]
+    assert [entry.reason for entry in suppressions(engine)] == ["hard_bounce"]
+    # And the same batch again is all duplicates
+    again = server.post("sendgrid", *signed(batch)).json()
+    assert (again["stored"], again["duplicates"]) == (0, 6)
 
 
 def test_what_the_adapter_sends_links_the_events(server: WebhookServer, engine: Engine) -> None:
@@ -300,7 +353,7 @@ def test_a_signature_that_is_not_base64_is_refused(server: WebhookServer, engine
     [
         (b"{}", "JSON array"),
         (b"not json", "not JSON"),
-        (b'[{"event": "delivered"}, {"email": "x@example.com"}]', "[1]"),
+        (b'"bob@example.com"', "JSON array"),
     ],
 )
 def test_a_body_not_in_sendgrids_format_is_400(
@@ -312,6 +365,7 @@ def test_a_body_not_in_sendgrids_format_is_400(
     answer = server.post("sendgrid", body, headers)
     assert answer.status_code == 400
     assert message in answer.json()["message"]
+    assert "bob@example.com" not in answer.text
     assert stored_events(engine) == []
 
 

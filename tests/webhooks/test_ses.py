@@ -1,6 +1,6 @@
 """Amazon SES events through SNS: signed envelopes (versions 1 and 2) whose certificate is
-served by a real loopback server, topic and host checks, subscription confirmation, the
-timestamp tolerance, and every SES event type."""
+served by a real loopback server, topic and host checks, subscription confirmation, no age
+check (SNS retries keep the original timestamp), and every SES event type."""
 
 from __future__ import annotations
 
@@ -15,7 +15,13 @@ from sqlalchemy.engine import Engine
 
 from crm_notify.config import Settings
 from crm_notify.errors import ConfigurationError
-from crm_notify.webhooks._sns import HostPolicy
+from crm_notify.webhooks._sns import (
+    CertificateStore,
+    HostPolicy,
+    SnsSignatureError,
+    string_to_sign,
+    verify_message,
+)
 from crm_notify.webhooks.ses import SesWebhook
 from tests.webhooks._helpers import (
     WebhookContract,
@@ -413,6 +419,13 @@ def test_a_tampered_message_is_refused(
         "https://evil.example.com/SimpleNotificationService-1.pem",
         "https://sns.eu-west-1.amazonaws.com.evil.example/SimpleNotificationService-1.pem",
         "http://sns.eu-west-1.amazonaws.com/SimpleNotificationService-1.pem",
+        # S3 bucket hosts named "sns" (anyone can own the bucket and serve a certificate)
+        "https://sns.s3.amazonaws.com/SimpleNotificationService-1.pem",
+        "https://sns.s3-us-west-2.amazonaws.com/SimpleNotificationService-1.pem",
+        "https://sns.s3-accelerate.amazonaws.com/SimpleNotificationService-1.pem",
+        # An SNS host, but not SNS's certificate path
+        "https://sns.eu-west-1.amazonaws.com/uploads/mine.pem",
+        "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-1.pem?x=1",
     ],
 )
 def test_a_certificate_url_on_a_disallowed_host_is_refused_without_fetching(
@@ -549,31 +562,54 @@ def test_unsubscribe_confirmation_and_the_topic_validation_message_carry_no_even
     assert sns.confirmations() == [] and stored_events(engine) == []
 
 
-def test_timestamp_tolerance_and_zero_turns_it_off(
+@pytest.mark.parametrize("tolerance_s", [300, 0])
+def test_no_age_check_sns_retries_keep_the_original_timestamp(
+    start: Callable[..., WebhookServer], sns: SnsStandIn, engine: Engine, tolerance_s: int
+) -> None:
+    # Given a bounce SNS signed at 12:00 and could not deliver during an outage
+    signed_at = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    event = ses_event("Bounce", mail("m-late", ["x@example.com"]), **bounce(["x@example.com"]))
+    envelope = notification(event, cert_url=sns.cert_url, when=signed_at)
+    server = start(webhook_tolerance_s=tolerance_s)
+    # When its last retry arrives an hour later (same Timestamp, whatever the tolerance)
+    with freeze_time(signed_at + timedelta(minutes=59), real_asyncio=True):
+        answer = post(server, envelope)
+    # Then it is accepted and has its effect
+    assert answer.status_code == 200, answer.text
+    assert [row.event_type for row in stored_events(engine)] == ["bounced"]
+    assert [s.reason for s in suppressions(engine)] == ["hard_bounce"]
+    # And the same message again (a replay, days later) is a duplicate with no second effect
+    with freeze_time(signed_at + timedelta(days=3), real_asyncio=True):
+        again = post(server, envelope)
+    assert again.json() == {"received": 1, "stored": 0, "duplicates": 1, "unmatched": 0}
+    assert len(stored_events(engine)) == 1 and len(suppressions(engine)) == 1
+
+
+def test_a_not_spam_feedback_report_suppresses_nothing(
     start: Callable[..., WebhookServer], sns: SnsStandIn, engine: Engine
 ) -> None:
-    # Given a notification SNS signed at 12:00
-    signed_at = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-    event = ses_event("Send", mail("m-old", ["x@example.com"]))
-    envelope = notification(event, cert_url=sns.cert_url, when=signed_at)
-    strict = start(webhook_tolerance_s=300)
-    # When it arrives 4 minutes later it is accepted; 6 minutes later it is refused
-    with freeze_time(signed_at + timedelta(minutes=6), real_asyncio=True):
-        late = post(strict, envelope)
-    assert late.status_code == 403
-    assert "CRM_NOTIFY_WEBHOOK_TOLERANCE_S=0" in late.json()["message"]
-    assert stored_events(engine) == []
-    with freeze_time(signed_at + timedelta(minutes=4), real_asyncio=True):
-        assert post(strict, envelope).status_code == 200
-    # And with tolerance 0 a captured message replays days later
-    replay = start(webhook_tolerance_s=0)
-    other = notification(
-        ses_event("Send", mail("m-older", ["x@example.com"])),
-        cert_url=sns.cert_url,
-        when=signed_at - timedelta(days=30),
+    # Given a Complaint whose feedback type says the recipient marked the mail as NOT spam
+    server = start()
+    sent = add_notification(engine, to_address="ann@example.com", esp="ses", esp_message_id="m-ns")
+    event = ses_event(
+        "Complaint",
+        mail("m-ns", [sent.to_address]),
+        complainedRecipients=[{"emailAddress": sent.to_address}],
+        timestamp=SES_TIME,
+        feedbackId="0102018f-complaint-000001",
+        complaintFeedbackType="not-spam",
     )
-    assert post(replay, other).status_code == 200
-    assert len(stored_events(engine)) == 2
+    # When SES reports it
+    answer = post(server, notification(event, cert_url=sns.cert_url))
+    # Then it is stored as unknown, linked, and nobody is suppressed
+    assert answer.status_code == 200, answer.text
+    [row] = stored_events(engine)
+    assert (row.event_type, row.notification_id, row.description) == (
+        "unknown",
+        sent.id,
+        "not-spam",
+    )
+    assert suppressions(engine) == []
 
 
 def test_malformed_bodies_are_400_and_header_mismatch_403(
@@ -581,7 +617,9 @@ def test_malformed_bodies_are_400_and_header_mismatch_403(
 ) -> None:
     server = start()
     assert server.post("ses", b"not json", {}).status_code == 400
-    assert server.post("ses", b'{"Type": "Gossip"}', {}).status_code == 400
+    gossip = server.post("ses", b'{"Type": "Gossip about bob@example.com"}', {})
+    assert gossip.status_code == 400
+    assert "bob@example.com" not in gossip.text  # errors never quote the body
     envelope = notification("{not an SES event", cert_url=sns.cert_url)
     assert post(server, envelope).status_code == 400
     body, headers = body_and_headers(
@@ -590,6 +628,72 @@ def test_malformed_bodies_are_400_and_header_mismatch_403(
     headers["x-amz-sns-message-type"] = "SubscriptionConfirmation"
     assert server.post("ses", body, headers).status_code == 403
     assert stored_events(engine) == []
+
+
+def test_default_host_policy_allows_only_regional_sns_endpoints() -> None:
+    # Given the default of CRM_NOTIFY_SNS_CERTIFICATE_HOSTS
+    policy = HostPolicy.parse(Settings.model_fields["sns_certificate_hosts"].default)
+    cert = "/SimpleNotificationService-9c6465fa7f48f5cacd23014631ec1136.pem"
+    # Then SNS in any region (GovCloud, China included) is allowed
+    for host in (
+        "sns.eu-west-1.amazonaws.com",
+        "sns.us-gov-west-1.amazonaws.com",
+        "sns.ap-southeast-2.amazonaws.com",
+        "sns.cn-north-1.amazonaws.com.cn",
+        "SNS.EU-WEST-1.AMAZONAWS.COM",
+    ):
+        assert policy.allows_certificate(f"https://{host}{cert}"), host
+    # And S3 bucket hosts named "sns", other services and look-alikes are not
+    for host in (
+        "sns.s3.amazonaws.com",
+        "sns.s3-us-west-2.amazonaws.com",
+        "sns.s3-accelerate.amazonaws.com",
+        "sns.s3.amazonaws.com.cn",
+        "sns.amazonaws.com",
+        "sqs.eu-west-1.amazonaws.com",
+        "sns.eu-west-1.amazonaws.com.evil.example",
+        "sns.eu-west.amazonaws.com",
+        "sns.eu-west-1.amazonaws.com.",
+    ):
+        assert not policy.allows(f"https://{host}{cert}"), host
+    # Only SNS's certificate path on the default port, over https
+    assert not policy.allows_certificate("https://sns.eu-west-1.amazonaws.com/mine.pem")
+    assert not policy.allows_certificate(f"https://sns.eu-west-1.amazonaws.com{cert}?a=b")
+    assert not policy.allows_certificate(f"https://sns.eu-west-1.amazonaws.com:8443{cert}")
+    assert not policy.allows_certificate(f"http://sns.eu-west-1.amazonaws.com{cert}")
+    assert policy.allows_certificate(f"https://sns.eu-west-1.amazonaws.com:443{cert}")
+    # And the SubscribeURL (host only) on a regional endpoint
+    assert policy.allows("https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription")
+
+
+def test_explicit_patterns_cannot_let_an_s3_host_through() -> None:
+    # Given the old default pattern configured explicitly, with a loopback test host
+    policy = HostPolicy.parse("sns.*.amazonaws.com, 127.0.0.1:8443")
+    # Then an AWS host must still be a regional SNS endpoint, with SNS's certificate path
+    assert policy.allows_certificate(
+        "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0abc.pem"
+    )
+    assert not policy.allows("https://sns.s3.amazonaws.com/SimpleNotificationService-0abc.pem")
+    assert not policy.allows_certificate("https://sns.eu-west-1.amazonaws.com/other.pem")
+    # While the explicitly allowed loopback host may serve any .pem path
+    assert policy.allows_certificate("http://127.0.0.1:8443/cert.pem")
+    assert not policy.allows_certificate("http://127.0.0.1:8443/cert.txt")
+    # And "aws" combines with explicit hosts
+    both = HostPolicy.parse("aws, 127.0.0.1:8443")
+    assert both.aws and both.allows("https://sns.us-east-1.amazonaws.com/")
+    assert both.allows("http://127.0.0.1:8443/x.pem")
+    assert not HostPolicy.parse("127.0.0.1:8443").allows("https://sns.us-east-1.amazonaws.com/")
+
+
+def test_signature_errors_never_quote_the_message() -> None:
+    with pytest.raises(SnsSignatureError) as caught:
+        string_to_sign({"Type": "bob@example.com"})
+    assert "bob@example.com" not in str(caught.value)
+    store = CertificateStore(hosts=HostPolicy.parse("aws"))
+    message = {"Signature": "eA==", "SigningCertURL": "x", "SignatureVersion": "bob@example.com"}
+    with pytest.raises(SnsSignatureError) as caught:
+        verify_message(message, store)
+    assert "bob@example.com" not in str(caught.value)
 
 
 def test_host_patterns_match_one_label_per_star() -> None:
