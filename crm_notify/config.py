@@ -159,7 +159,7 @@ class Settings(BaseSettings):
     webhook_tolerance_s: float = Field(
         300.0,
         ge=0,
-        description="Largest age of a signed tracking-webhook call (SendGrid, Mailgun, SES); "
+        description="Largest age of a signed tracking-webhook call (SendGrid, Mailgun); "
         "0 turns the age check off (replaying captured events).",
     )
     sendgrid_webhook_public_key: str | None = Field(

@@ -51,7 +51,10 @@ class WebhookRequest:
         """
         try:
             return json.loads(self.body)
+        except RecursionError as exc:
+            raise WebhookPayloadError(provider, "the body is nested too deeply") from exc
         except (UnicodeDecodeError, ValueError) as exc:
+            # The decoder's message names a position only, never the body's text.
             raise WebhookPayloadError(provider, f"the body is not JSON ({exc})") from exc
 
     def form(self, provider: str) -> dict[str, list[str]]:
@@ -63,8 +66,8 @@ class WebhookRequest:
         try:
             text = self.body.decode("utf-8")
             return parse_qs(text, keep_blank_values=True, strict_parsing=bool(text))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise WebhookPayloadError(provider, f"the body is not form-encoded ({exc})") from exc
+        except (UnicodeDecodeError, ValueError) as exc:  # its message quotes the body: left out
+            raise WebhookPayloadError(provider, "the body is not form-encoded") from exc
 
 
 class EspWebhook:

@@ -36,6 +36,7 @@ from crm_notify.webhooks.events import (
     BounceKind,
     EventType,
     TrackingEvent,
+    malformed_event,
     parse_notification_id,
     payload_digest,
 )
@@ -62,8 +63,6 @@ EVENT_TYPES: dict[str, tuple[EventType, BounceKind | None]] = {
 }
 #: Opens Brevo attributes to a privacy proxy (Apple Mail Privacy Protection), not a reader.
 PROXY_OPENS = frozenset({"proxy_open", "unique_proxy_open"})
-#: ``provider_event_type`` of an item that is not an event object.
-MALFORMED = "malformed"
 #: Brevo's header whose string value its events echo back (see the Brevo adapter).
 CUSTOM_DATA_FIELD = "X-Mailin-custom"
 #: ``ts_epoch`` values above this are milliseconds (Brevo documents milliseconds, some
@@ -171,16 +170,6 @@ class BrevoWebhook(EspWebhook):
             description=reason or None,
             payload=item,
         )
-
-
-def malformed_event(item: Any) -> TrackingEvent:
-    """An ``unknown`` event for an item that is not an event object (kept, not lost)."""
-    return TrackingEvent(
-        event_type=EventType.UNKNOWN,
-        provider_event_type=MALFORMED,
-        event_id=payload_digest(item),
-        payload=item if isinstance(item, dict) else {"item": item},
-    )
 
 
 def message_id(value: Any) -> str | None:

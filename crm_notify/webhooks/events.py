@@ -66,6 +66,21 @@ class TrackingEvent:
     payload: dict[str, Any] = field(default_factory=dict)
 
 
+#: ``provider_event_type`` of a batch item that is not an event object.
+MALFORMED = "malformed"
+
+
+def malformed_event(item: Any) -> TrackingEvent:
+    """An ``unknown`` event for a batch item that is not an event object: kept, so one bad
+    item neither loses the rest of its batch nor disappears itself."""
+    return TrackingEvent(
+        event_type=EventType.UNKNOWN,
+        provider_event_type=MALFORMED,
+        event_id=payload_digest(item),
+        payload=item if isinstance(item, dict) else {"item": item},
+    )
+
+
 def payload_digest(payload: Any) -> str:
     """A stable id for an event without a provider id: SHA-256 of its canonical JSON."""
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)

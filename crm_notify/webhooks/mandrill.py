@@ -42,6 +42,7 @@ from crm_notify.webhooks.events import (
     BounceKind,
     EventType,
     TrackingEvent,
+    malformed_event,
     parse_notification_id,
     payload_digest,
 )
@@ -65,8 +66,6 @@ EVENTS_FIELD = "mandrill_events"
 SIGNATURE_HEADERS = ("x-mandrill-signature", "x-mailchimp-signature")
 #: The key Mandrill signs its empty test call with when the HEAD check of a new webhook fails.
 TEST_KEY = "test-webhook"
-#: ``provider_event_type`` of an item that is not an event object.
-MALFORMED = "malformed"
 
 
 class MandrillWebhook(EspWebhook):
@@ -140,7 +139,7 @@ class MandrillWebhook(EspWebhook):
             raise self.payload_error(f"{EVENTS_FIELD} is not JSON") from exc
         if not isinstance(items, list):
             raise self.payload_error(f"{EVENTS_FIELD} is not a JSON array")
-        return [_event(item) if _is_event(item) else _malformed(item) for item in items]
+        return [_event(item) if _is_event(item) else malformed_event(item) for item in items]
 
     def _form(self, request: WebhookRequest) -> dict[str, list[str]]:
         """The form fields, with an error that does not quote the body (the base's may)."""
@@ -189,15 +188,6 @@ def _is_event(item: Any) -> bool:
     """A message event (``event``) or a sync event (``type``)."""
     return isinstance(item, dict) and any(
         isinstance(item.get(name), str) and item.get(name) for name in ("event", "type")
-    )
-
-
-def _malformed(item: Any) -> TrackingEvent:
-    return TrackingEvent(
-        event_type=EventType.UNKNOWN,
-        provider_event_type=MALFORMED,
-        event_id=payload_digest(item),
-        payload=item if isinstance(item, dict) else {"item": item},
     )
 
 

@@ -40,6 +40,7 @@ from crm_notify.webhooks.events import (
     BounceKind,
     EventType,
     TrackingEvent,
+    malformed_event,
     parse_notification_id,
     payload_digest,
 )
@@ -66,8 +67,6 @@ EVENT_TYPES = {
 #: Bounce ``type`` -> kind: ``blocked`` is a refusal of the message, not of the address; any
 #: other (or no) type is soft too: only ``bounce`` condemns the address.
 BOUNCE_KINDS = {"bounce": BounceKind.HARD, "blocked": BounceKind.SOFT}
-#: ``provider_event_type`` of a batch item that is not an event object.
-MALFORMED = "malformed"
 #: Where the ``X-Message-Id`` part of an ``sg_message_id`` ends.
 _MESSAGE_ID_SUFFIX = re.compile(r"\.(?:filter|recvd)")
 
@@ -174,16 +173,6 @@ class SendGridWebhook(EspWebhook):
             description=description,
             payload=raw,
         )
-
-
-def malformed_event(item: Any) -> TrackingEvent:
-    """An ``unknown`` event for a batch item that is not an event object (kept, not lost)."""
-    return TrackingEvent(
-        event_type=EventType.UNKNOWN,
-        provider_event_type=MALFORMED,
-        event_id=payload_digest(item),
-        payload=item if isinstance(item, dict) else {"item": item},
-    )
 
 
 def load_public_key(text: str) -> ec.EllipticCurvePublicKey:
