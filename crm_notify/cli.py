@@ -464,7 +464,11 @@ def preview(
     language: str | None,
     html_out: Path | None,
 ) -> None:
-    """Show what RULE would send to a contact: verdict, headers, text; HTML to a file."""
+    """Show what RULE would send to a contact: verdict, headers, text; HTML to a file.
+
+    Each webhook action's request is shown as it would go out (method, URL, headers, body),
+    with values from ${NAME} environment variables and the signature masked as ***.
+    """
     from sqlmodel import Session
 
     from crm_notify.clock import now
@@ -493,20 +497,35 @@ def preview(
                 language=language,
                 policy=runtime.policy,
                 links=runtime.unsubscribe_links,
+                webhooks=runtime.webhooks,
             )
     except CrmNotifyError as exc:
         _fail(str(exc))
     finally:
+        runtime.webhooks.close()
         runtime.engine.dispose()
-    click.echo(f"Verdict: {result.verdict}\n")
-    click.echo(headers_text(result.message))
-    click.echo("")
-    click.echo(result.text or "(no text part)")
+    click.echo(f"Verdict: {result.verdict}")
+    if result.message is not None:
+        click.echo("")
+        click.echo(headers_text(result.message))
+        click.echo("")
+        click.echo(result.text or "(no text part)")
+    for request in result.requests:
+        click.echo(f"\nWebhook {request.action}: {request.method} {request.url}")
+        if request.error is not None:
+            click.echo(f"would fail: {request.error}")
+            continue
+        click.echo(f"Content type: {request.content_type or '(none)'}; {request.signing}")
+        click.echo("".join(f"{name}: {value}\n" for name, value in request.headers))
+        click.echo(request.body_text)
     if result.html is not None:
         target = html_out or runtime.settings.var_dir / "preview" / f"{rule}.html"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(result.html, "utf-8")
         click.echo(f"\nHTML part written to {target}", err=True)
+    failing = [request for request in result.requests if request.error is not None]
+    if failing:
+        _fail(f"webhook action {failing[0].action} would fail: {failing[0].error}")
 
 
 @main.group()

@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import sqlalchemy as sa
@@ -198,21 +198,9 @@ class WebhookActionSender:
         Returns:
             The receiver's (2xx) status.
         """
-        headers = dict(request.headers)
-        if request.content_type is not None:
-            headers["Content-Type"] = request.content_type
-        headers.update(
-            signature_headers(
-                message_id=request.message_id,
-                timestamp=int(now().timestamp()),
-                body=request.body,
-                secret=request.secret,
-            )
-        )
         try:
-            response = self._client.request(
-                request.method, request.url, headers=headers, content=request.body or None
-            )
+            http_request = self.http_request(request, timestamp=int(now().timestamp()))
+            response = self._client.send(http_request)
         except httpx.TimeoutException as exc:
             raise EspTransientError(SENDER_NAME, f"timeout: {exc}") from exc
         except httpx.TransportError as exc:
@@ -220,6 +208,52 @@ class WebhookActionSender:
         except httpx.InvalidURL as exc:
             raise EspPermanentError(SENDER_NAME, f"invalid URL: {exc}") from exc
         return _classify(response)
+
+    def http_request(self, request: WebhookRequest, *, timestamp: int) -> httpx.Request:
+        """The HTTP request :meth:`send` makes for ``request`` at ``timestamp``, built but not
+        sent: every header as it goes out (the client's, the action's, ``Content-Type``, the
+        signature's) and the body. Used by :meth:`send` and by ``crm-notify preview``.
+
+        Raises:
+            httpx.InvalidURL: a URL httpx refuses.
+        """
+        headers = dict(request.headers)
+        if request.content_type is not None:
+            headers["Content-Type"] = request.content_type
+        headers.update(
+            signature_headers(
+                message_id=request.message_id,
+                timestamp=timestamp,
+                body=request.body,
+                secret=request.secret,
+            )
+        )
+        return self._client.build_request(
+            request.method, request.url, headers=headers, content=request.body or None
+        )
+
+    def request_for(
+        self, action: WebhookAction, *, notification_id: int, body: str, message_id: str
+    ) -> WebhookRequest:
+        """The request of ``action`` with ``body`` (see :func:`render_body`): its URL, headers
+        and secret resolved from the environment. Nothing is stored or sent.
+
+        Raises:
+            MissingVariableError: a referenced variable is not set.
+            ValueError: a header value contains a line break or NUL once resolved, or the
+                secret is not a signing secret.
+        """
+        return WebhookRequest(
+            notification_id=notification_id,
+            action=action.name,
+            method=action.method,
+            url=action.resolved_url(self._environ),
+            headers=action.resolved_headers(self._environ),
+            content_type=CONTENT_TYPES[action.content_type] if action.body else None,
+            body=body.encode("utf-8"),
+            message_id=message_id,
+            secret=action.secret(self._environ, self._default_secret),
+        )
 
     def _action(self, row: Notification) -> WebhookAction:
         rule = self._rules.by_name(row.rule)
@@ -236,11 +270,7 @@ class WebhookActionSender:
         message_id, text = row.message_id, row.message
         if text is None or message_id is None:
             message_id = new_message_id()
-            webhook = {"id": message_id, "rule": row.rule, "action": action.name}
-            rendered = (
-                action.body.render({**row.context, "webhook": webhook}) if action.body else None
-            )
-            text = rendered.data.decode("utf-8") if rendered is not None else ""
+            text = render_body(action, rule=row.rule, context=row.context, message_id=message_id)
             session.execute(
                 sa.update(Notification)
                 .where(col(Notification.id) == row.id)
@@ -250,17 +280,22 @@ class WebhookActionSender:
                     subject=f"{action.method} {action.target}"[:998],
                 )
             )
-        return WebhookRequest(
-            notification_id=row.id,
-            action=action.name,
-            method=action.method,
-            url=action.resolved_url(self._environ),
-            headers=action.resolved_headers(self._environ),
-            content_type=CONTENT_TYPES[action.content_type] if action.body else None,
-            body=text.encode("utf-8"),
-            message_id=message_id,
-            secret=action.secret(self._environ, self._default_secret),
-        )
+        return self.request_for(action, notification_id=row.id, body=text, message_id=message_id)
+
+
+def render_body(
+    action: WebhookAction, *, rule: str, context: Mapping[str, Any], message_id: str
+) -> str:
+    """The body text of a request of ``action``, rendered in the sandbox with ``context`` and
+    ``webhook`` (``id``, ``rule``, ``action``); empty for an action without a body.
+
+    Raises:
+        RenderError: the body does not render (see
+            :meth:`~crm_notify.actions.body.WebhookBody.render`).
+    """
+    webhook = {"id": message_id, "rule": rule, "action": action.name}
+    rendered = action.body.render({**context, "webhook": webhook}) if action.body else None
+    return rendered.data.decode("utf-8") if rendered is not None else ""
 
 
 def deliver_webhook(sender: WebhookActionSender | None, session: Session, row: Notification) -> str:
