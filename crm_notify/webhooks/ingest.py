@@ -18,27 +18,25 @@ the provider's payload, which holds the address.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.orm import defer
 from sqlmodel import Session, col, select
 
-from crm_notify.clock import now
-from crm_notify.contacts.models import Contact
-from crm_notify.errors import EventValidationError
-from crm_notify.guards.consent import record_consent
-from crm_notify.guards.models import ALL_PURPOSES, ConsentSource, SuppressionReason
-from crm_notify.guards.suppression import address_hash_or_none, suppress, suppressed_for
-from crm_notify.outbox.models import Notification, NotificationStatusChange
-from crm_notify.webhooks.events import BounceKind, EventType, TrackingEvent
+from crm_notify.guards.suppression import (
+    address_hash_or_none,
+    preload_suppressions,
+)
+from crm_notify.outbox.models import Notification
+from crm_notify.webhooks.effects import add_history, apply_effects, is_erased
+from crm_notify.webhooks.events import EventType, TrackingEvent
 from crm_notify.webhooks.models import TrackingEventRecord
 
 logger = logging.getLogger(__name__)
 
-#: The purpose whose mail needs no consent (its unsubscribes withdraw the others).
-TRANSACTIONAL = "transactional"
 #: Longest ``description`` kept.
 DESCRIPTION_CHARS = 1000
 #: Longest provider message id and event key (the columns' lengths).
@@ -83,49 +81,85 @@ def record_tracking_events(
     summary = IngestSummary(received=len(events))
     keyed = [(f"{provider}:{_clean(event.event_id)}"[:ID_CHARS], event) for event in events]
     known = _existing_keys(session, [key for key, _ in keyed])
-    notifications = _Notifications(session, events)
+    hashes: dict[str, str | None] = {}
+
+    def hash_of(address: str | None) -> str | None:  # each address validated once per call
+        if not address:
+            return None
+        if address not in hashes:
+            hashes[address] = address_hash_or_none(address)
+        return hashes[address]
+
+    notifications = _Notifications(session, events, hash_of)
+    fresh: list[tuple[str, TrackingEvent, Notification | None, str | None]] = []
     for key, event in keyed:
         if key in known:
             summary.duplicates += 1
             continue
         known.add(key)
         notification = notifications.for_event(event)
-        address = event.recipient or (notification.to_address if notification else None)
-        erased = _erased(session, address)
-        record = TrackingEventRecord(
-            event_key=key,
-            esp=provider,
-            event_type=event.event_type.value,
-            provider_event_type=_clean(event.provider_event_type)[:64],
-            provider_message_id=_clean(event.provider_message_id or "")[:ID_CHARS] or None,
-            notification_id=notification.id if notification else None,
-            recipient_hash=address_hash_or_none(address),
-            bounce_kind=event.bounce_kind.value if event.bounce_kind else None,
-            url=None if erased else _clean(event.url or "") or None,
-            description=None
-            if erased
-            else _clean(event.description or "")[:DESCRIPTION_CHARS] or None,
-            occurred_at=event.occurred_at,
-            payload={} if erased else _clean(event.payload),
+        fresh.append(
+            (
+                key,
+                event,
+                notification,
+                event.recipient or (notification.to_address if notification else None),
+            )
         )
-        try:
-            with session.begin_nested():  # a concurrent replay of the same event loses here
-                session.add(record)
-        except IntegrityError:
-            summary.duplicates += 1
-            continue
-        except DataError:  # a value the database refuses: kept as an unknown event instead
-            logger.warning("%s webhook: event %s not stored as received", provider, key)
-            record = _bare(record)
-            with session.begin_nested():
-                session.add(record)
+    preload_suppressions(session, [address for *_, address in fresh if address])
+    new = [(*item, is_erased(session, item[3])) for item in fresh]
+    stored = new
+    try:
+        with session.begin_nested():  # the whole batch: one flush, its INSERTs batched
+            session.add_all([_record(provider, *item, hash_of) for item in new])
+    except (IntegrityError, DataError):  # a concurrent replay, or a refused value: one by one
+        stored = []
+        for item in new:
+            record = _record(provider, *item, hash_of)
+            try:
+                with session.begin_nested():  # a concurrent replay of the same event loses here
+                    session.add(record)
+            except IntegrityError:
+                summary.duplicates += 1
+                continue
+            except DataError:  # a value the database refuses: kept as an unknown event instead
+                logger.warning("%s webhook: event %s not stored as received", provider, item[0])
+                with session.begin_nested():
+                    session.add(_bare(record))
+            stored.append(item)
+    for _key, event, notification, address, erased in stored:
         summary.stored += 1
         if notification is None:
             summary.unmatched += 1
         else:
-            _add_history(session, notification, event, erased=erased)
-        _apply_effects(session, provider, event, notification, address, purposes)
+            add_history(session, notification, event, erased=erased)
+        apply_effects(session, provider, event, notification, address, purposes)
     return summary
+
+
+def _record(
+    provider: str,
+    key: str,
+    event: TrackingEvent,
+    notification: Notification | None,
+    address: str | None,
+    erased: bool,
+    hash_of: Callable[[str | None], str | None],
+) -> TrackingEventRecord:
+    return TrackingEventRecord(
+        event_key=key,
+        esp=provider,
+        event_type=event.event_type.value,
+        provider_event_type=_clean(event.provider_event_type)[:64],
+        provider_message_id=_clean(event.provider_message_id or "")[:ID_CHARS] or None,
+        notification_id=notification.id if notification else None,
+        recipient_hash=hash_of(address),
+        bounce_kind=event.bounce_kind.value if event.bounce_kind else None,
+        url=None if erased else _clean(event.url or "") or None,
+        description=None if erased else _clean(event.description or "")[:DESCRIPTION_CHARS] or None,
+        occurred_at=event.occurred_at,
+        payload={} if erased else _clean(event.payload),
+    )
 
 
 def _clean(value: Any) -> Any:
@@ -174,18 +208,28 @@ def _existing_keys(session: Session, keys: Sequence[str]) -> set[str]:
 class _Notifications:
     """Our notifications a batch of events may be about, looked up in a few queries."""
 
-    def __init__(self, session: Session, events: Sequence[TrackingEvent]) -> None:
+    def __init__(
+        self,
+        session: Session,
+        events: Sequence[TrackingEvent],
+        hash_of: Callable[[str | None], str | None],
+    ) -> None:
+        self.hash_of = hash_of
+        # Rows are loaded for their id, address, contact and purpose, not their message.
+        lean = [defer(getattr(Notification, name)) for name in ("message", "context")]
         ids = sorted({e.notification_id for e in events if e.notification_id is not None})
         message_ids = sorted({e.provider_message_id for e in events if e.provider_message_id})
         self.by_id: dict[int, Notification] = {}
         self.by_message_id: dict[str, list[Notification]] = {}
         for chunk in _chunks(ids):
-            for row in session.exec(select(Notification).where(col(Notification.id).in_(chunk))):
+            query = select(Notification).options(*lean).where(col(Notification.id).in_(chunk))
+            for row in session.exec(query):
                 assert row.id is not None
                 self.by_id[row.id] = row
         for chunk in _chunks(message_ids):
             rows = session.exec(
                 select(Notification)
+                .options(*lean)
                 .where(col(Notification.esp_message_id).in_(chunk))
                 .order_by(col(Notification.id))
             )
@@ -198,108 +242,14 @@ class _Notifications:
         agrees), else by the provider's message id."""
         if event.notification_id is not None:
             row = self.by_id.get(event.notification_id)
-            if row is not None and _same_recipient(row, event):
+            if row is not None and self._same_recipient(row, event):
                 return row
         for row in self.by_message_id.get(event.provider_message_id or "", []):
-            if _same_recipient(row, event):
+            if self._same_recipient(row, event):
                 return row
         return None
 
-
-def _same_recipient(row: Notification, event: TrackingEvent) -> bool:
-    if not event.recipient:
-        return True
-    return address_hash_or_none(event.recipient) == address_hash_or_none(row.to_address)
-
-
-def _erased(session: Session, address: str | None) -> bool:
-    """Whether ``address`` belongs to an erased person (suppressed as ``erased``)."""
-    if not address:
-        return False
-    entry = suppressed_for(session=session, email=address, purpose=ALL_PURPOSES)
-    return entry is not None and entry.reason == SuppressionReason.ERASED
-
-
-def _add_history(
-    session: Session, notification: Notification, event: TrackingEvent, *, erased: bool
-) -> None:
-    detail = event.event_type.value
-    if event.bounce_kind:
-        detail = f"{event.bounce_kind.value} bounce"
-    if event.url and not erased:
-        detail = f"clicked {event.url}"
-    if event.description and not erased:
-        detail = f"{detail}: {event.description}"
-    assert notification.id is not None
-    session.add(
-        NotificationStatusChange(
-            notification_id=notification.id,
-            status=event.event_type.value,
-            detail=_clean(detail)[:DESCRIPTION_CHARS],
-            at=event.occurred_at or now(),
-        )
-    )
-
-
-def _apply_effects(
-    session: Session,
-    provider: str,
-    event: TrackingEvent,
-    notification: Notification | None,
-    address: str | None,
-    purposes: Sequence[str],
-) -> None:
-    hard_bounce = event.event_type == EventType.BOUNCED and event.bounce_kind == BounceKind.HARD
-    if address and (hard_bounce or event.event_type == EventType.COMPLAINED):
-        existing = suppressed_for(session=session, email=address, purpose=ALL_PURPOSES)
-        if existing is not None and existing.purpose == ALL_PURPOSES:
-            return  # already kept from every purpose; its entry (and reason) stays as it is
-        reason = SuppressionReason.HARD_BOUNCE if hard_bounce else SuppressionReason.COMPLAINT
-        try:
-            suppress(
-                session=session,
-                email=address,
-                reason=reason,
-                created_by=f"{provider}-webhook",
-                detail=_clean(event.description or event.provider_event_type)[:DESCRIPTION_CHARS],
-            )
-        except EventValidationError:  # not an address: nothing to suppress
-            return
-        logger.info(
-            "%s webhook: recipient suppressed (%s, notification %s)",
-            provider,
-            reason.value,
-            notification.id if notification else None,
-        )
-    elif event.event_type == EventType.UNSUBSCRIBED and notification is not None:
-        _withdraw(session, provider, notification, purposes)
-
-
-def _withdraw(
-    session: Session, provider: str, notification: Notification, purposes: Sequence[str]
-) -> None:
-    if notification.contact_id is None:
-        return
-    contact = session.get(Contact, notification.contact_id)
-    if contact is None or contact.id is None:
-        return
-    purpose = notification.purpose
-    withdrawn = (
-        [purpose] if purpose != TRANSACTIONAL else [p for p in purposes if p != TRANSACTIONAL]
-    )
-    for name in withdrawn:
-        record_consent(
-            session=session,
-            contact_id=contact.id,
-            purpose=name,
-            granted=False,
-            source=ConsentSource.ESP_WEBHOOK,
-            actor=f"{provider}-webhook",
-            notification_id=notification.id,
-        )
-    logger.info(
-        "%s webhook: consent withdrawn for %s (notification %s)",
-        provider,
-        ", ".join(withdrawn),
-        notification.id,
-    )
+    def _same_recipient(self, row: Notification, event: TrackingEvent) -> bool:
+        if not event.recipient:
+            return True
+        return self.hash_of(event.recipient) == self.hash_of(row.to_address)
