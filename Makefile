@@ -31,6 +31,7 @@ check: $(STAMP)  ## Format check, lint and type check
 bench: $(STAMP)  ## Run the benchmarks and print their figures (see docs/benchmarks.md)
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.timers
+	$(BIN)/python -m bench.webhooks
 
 lint-rules: $(STAMP)  ## Check the rule files and their templates
 	$(BIN)/crm-notify rules lint

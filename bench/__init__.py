@@ -6,5 +6,5 @@ server mail goes to, in its own process), :mod:`bench.scenarios` (one mode end t
 :mod:`bench.profiling` (pyinstrument profiles of the hot paths), :mod:`bench.report` (tables),
 :mod:`bench.cpu` (CPU seconds per process). Results and logs go to ``bench/results/``. See
 ``docs/benchmarks.md``. ``python -m bench.timers`` is a separate benchmark of the timer
-scheduler.
+scheduler, ``python -m bench.webhooks`` one of the ESP tracking-webhook ingest.
 """

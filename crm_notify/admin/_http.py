@@ -6,7 +6,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any
 
 from fastapi import Request
@@ -14,8 +15,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlmodel import Session
 
+from crm_notify.clock import now
 from crm_notify.contacts.models import Contact
 from crm_notify.contacts.repository import find_contact_by_ref
+from crm_notify.explain import parse_moment
 
 #: ``authenticate(api_key)``: the key's name, or ``None`` when unknown or revoked.
 Authenticate = Callable[[str], str | None]
@@ -119,3 +122,23 @@ def contact_by_ref(session: Session, ref: str, *, field: str = "contact") -> Con
     if contact is None:
         raise ApiProblem(404, "not_found", "no contact matches", field)
     return contact
+
+
+def query_moments(params: Mapping[str, str], *names: str) -> dict[str, datetime | None]:
+    """The moments named by query parameters such as ``since=7d`` or ``until=2026-11-20``
+    (an ISO date or date-time, or a duration meaning that long ago; ``until`` takes a date's
+    whole day); ``None`` for each one not given.
+
+    Raises:
+        ApiProblem: 422 naming the first parameter that is none of these.
+    """
+    moments: dict[str, datetime | None] = {}
+    for name in names:
+        raw = params.get(name)
+        try:
+            moments[name] = (
+                parse_moment(raw, now=now(), end_of_day=name == "until") if raw else None
+            )
+        except ValueError as exc:
+            raise ApiProblem(422, "invalid_request", f"{name}: {exc}", name) from exc
+    return moments

@@ -10,7 +10,6 @@ names the bad parameter). Authenticated like the event API.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -23,11 +22,11 @@ from crm_notify.admin._http import (
     contact_by_ref,
     error_response,
     problem_response,
+    query_moments,
     request_key_name,
     unauthorized,
 )
-from crm_notify.clock import now
-from crm_notify.explain import DEFAULT_LIMIT, explain_contact, parse_moment
+from crm_notify.explain import DEFAULT_LIMIT, explain_contact
 
 #: Most entries one answer holds.
 MAX_LIMIT = 2000
@@ -50,15 +49,10 @@ def make_router(
         if request_key_name(request, authenticate) is None:
             return unauthorized()
         params = request.query_params
-        moments: dict[str, datetime | None] = {}
-        for name in ("since", "until"):
-            raw = params.get(name)
-            try:
-                moments[name] = (
-                    parse_moment(raw, now=now(), end_of_day=name == "until") if raw else None
-                )
-            except ValueError as exc:
-                return _invalid(name, str(exc))
+        try:
+            moments = query_moments(params, "since", "until")
+        except ApiProblem as problem:
+            return problem_response(problem)
         raw_limit = params.get("limit") or str(DEFAULT_LIMIT)
         if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
             return _invalid("limit", f"must be a whole number from 1 to {MAX_LIMIT}")

@@ -10,16 +10,22 @@ event API.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from crm_notify.admin._http import Authenticate, error_response, request_key_name, unauthorized
+from crm_notify.admin._http import (
+    ApiProblem,
+    Authenticate,
+    problem_response,
+    query_moments,
+    request_key_name,
+    unauthorized,
+)
 from crm_notify.clock import now
-from crm_notify.explain import parse_moment
 from crm_notify.kpis import rule_kpis
 
 #: The window when ``since`` is not given.
@@ -35,15 +41,10 @@ def make_router(*, engine: Engine, authenticate: Authenticate) -> APIRouter:
         if request_key_name(request, authenticate) is None:
             return unauthorized()
         params = request.query_params
-        moments: dict[str, datetime | None] = {}
-        for name in ("since", "until"):
-            raw = params.get(name)
-            try:
-                moments[name] = (
-                    parse_moment(raw, now=now(), end_of_day=name == "until") if raw else None
-                )
-            except ValueError as exc:
-                return error_response(422, "invalid_request", f"{name}: {exc}", name)
+        try:
+            moments = query_moments(params, "since", "until")
+        except ApiProblem as problem:
+            return problem_response(problem)
         since = moments["since"] or now() - DEFAULT_WINDOW
         with Session(engine) as session:
             rows = rule_kpis(

@@ -15,8 +15,6 @@ parameter (``field`` names it). Authenticated like the event API.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
-from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -28,35 +26,19 @@ from crm_notify.admin._http import (
     ApiProblem,
     Authenticate,
     error_response,
+    problem_response,
+    query_moments,
     request_key_name,
     require_key_name,
     unauthorized,
 )
-from crm_notify.clock import now
 from crm_notify.db import session_scope
-from crm_notify.explain import parse_moment
 from crm_notify.outbox import repository
 from crm_notify.outbox.models import Notification, NotificationStatus
+from crm_notify.outbox.repository import notification_json
 
 #: Largest page of ``GET /v1/outbox``.
 MAX_LIMIT = 1000
-#: Columns the API leaves out: the rendered MIME message and the template data.
-OMITTED = frozenset({"message", "context"})
-
-
-def notification_json(row: Notification) -> dict[str, Any]:
-    """A notification as the API shows it: every column but :data:`OMITTED`."""
-    data: dict[str, Any] = {}
-    for name in Notification.model_fields:
-        if name in OMITTED:
-            continue
-        value = getattr(row, name)
-        if isinstance(value, datetime):
-            value = value.isoformat()
-        elif isinstance(value, NotificationStatus):
-            value = value.value
-        data[name] = value
-    return data
 
 
 def make_router(
@@ -85,12 +67,10 @@ def make_router(
         if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
             message = f"limit: must be a whole number from 1 to {MAX_LIMIT}"
             return error_response(422, "invalid_request", message, "limit")
-        since = None
-        if params.get("since"):
-            try:
-                since = parse_moment(params["since"], now=now())
-            except ValueError as exc:
-                return error_response(422, "invalid_request", f"since: {exc}", "since")
+        try:
+            since = query_moments(params, "since")["since"]
+        except ApiProblem as problem:
+            return problem_response(problem)
         with Session(engine) as session:
             rows = repository.list_notifications(
                 session=session,

@@ -19,12 +19,10 @@ from crm_notify.db import session_scope
 from crm_notify.errors import CrmNotifyError, RuleFileError
 from crm_notify.outbox import repository
 from crm_notify.outbox.models import Notification, NotificationStatus
+from crm_notify.outbox.repository import notification_json
 
 #: Characters of ``last_error`` the table shows.
 ERROR_CHARS = 60
-#: Columns ``--json`` leaves out: the rendered MIME message and the template data (large;
-#: ``crm-notify gdpr export`` has them).
-JSON_OMITTED = frozenset({"message", "context"})
 #: Anything that looks like an email address, masked in the table's error column.
 _ADDRESS = re.compile(r"[^\s<>()\[\]\"',;:@]+@[^\s<>()\[\]\"',;:]+")
 
@@ -60,21 +58,6 @@ def _table(rows: Sequence[Notification]) -> list[str]:
         "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
         for cells in [header, *lines]
     ]
-
-
-def _as_json(row: Notification) -> dict[str, Any]:
-    """Every column of ``row`` but :data:`JSON_OMITTED`, dates in ISO 8601."""
-    data: dict[str, Any] = {}
-    for name in Notification.model_fields:
-        if name in JSON_OMITTED:
-            continue
-        value = getattr(row, name)
-        if isinstance(value, datetime):
-            value = value.isoformat()
-        elif isinstance(value, NotificationStatus):
-            value = value.value
-        data[name] = value
-    return data
 
 
 def _since(value: str | None) -> datetime | None:
@@ -146,7 +129,9 @@ def list_command(
             session=session, status=status, rule=rule, since=since_at, limit=limit
         )
     if as_json:
-        click.echo(json.dumps([_as_json(row) for row in rows], indent=2, ensure_ascii=False))
+        click.echo(
+            json.dumps([notification_json(row) for row in rows], indent=2, ensure_ascii=False)
+        )
         return
     if not rows:
         click.echo("no notifications match", err=True)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import email.header
 import email.utils
-import ipaddress
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +29,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import httpx
 
+from crm_notify._net import is_loopback_host
 from crm_notify.errors import ConfigurationError, EspPermanentError, EspTransientError
 from crm_notify.esp.base import EspAdapter
 
@@ -96,7 +96,7 @@ def parse_esp_url(url: str) -> EspUrl:
     base_url = None
     if parts.hostname:
         insecure = options.get("insecure", "").strip().lower() in {"1", "true", "yes", "on"}
-        if insecure and not _is_loopback(parts.hostname):
+        if insecure and not is_loopback_host(parts.hostname):
             raise ConfigurationError(
                 "CRM_NOTIFY_ESP_URL: insecure=1 (plain HTTP) is allowed only to loopback "
                 f"addresses, not {parts.hostname!r}"
@@ -111,15 +111,6 @@ def parse_esp_url(url: str) -> EspUrl:
         path=unquote(parts.path).strip("/"),
         options=options,
     )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)

@@ -578,3 +578,24 @@ def replay_failed(*, session: Session, notification_ids: Sequence[int], by: str)
         ).first()
         result.refused[notification_id] = None if status is None else str(status)
     return result
+
+
+#: Columns :func:`notification_json` leaves out: the rendered MIME message and the template
+#: data (large, and personal).
+JSON_OMITTED = frozenset({"message", "context"})
+
+
+def notification_json(row: Notification) -> dict[str, Any]:
+    """A notification as the API and ``outbox list --json`` show it: every column but
+    :data:`JSON_OMITTED`, dates in ISO 8601."""
+    data: dict[str, Any] = {}
+    for name in Notification.model_fields:
+        if name in JSON_OMITTED:
+            continue
+        value = getattr(row, name)
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, NotificationStatus):
+            value = value.value
+        data[name] = value
+    return data

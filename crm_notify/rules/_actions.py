@@ -10,12 +10,12 @@ that every referenced variable is set and the secret is a valid ``whsec_`` secre
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from crm_notify._net import is_loopback_host
 from crm_notify.actions.body import compile_body
 from crm_notify.actions.env import ENV_REFERENCE, referenced_variables
 from crm_notify.actions.model import BODY_VARIABLES, WebhookAction
@@ -209,21 +209,12 @@ def _check_url(url: str, key: NodePath, checker: _Checker) -> None:
         )
     elif parts.fragment:
         checker.problem(key, "a URL fragment (#...) is never sent", "remove it")
-    elif scheme == "http" and not _is_loopback(parts.hostname):
+    elif scheme == "http" and not is_loopback_host(parts.hostname):
         checker.problem(
             key,
             f"plain http:// is allowed only to loopback addresses, not '{parts.hostname}'",
             "use https://",
         )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _check_headers(

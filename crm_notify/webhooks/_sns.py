@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import re
 import threading
 from collections.abc import Mapping
@@ -36,6 +35,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from crm_notify._net import is_loopback_host
 
 #: The signed fields of each SNS message type, in signing order.
 SIGNED_FIELDS: dict[str, tuple[str, ...]] = {
@@ -148,7 +149,7 @@ class HostPolicy:
             return False
         if not host or parts.username or parts.password:
             return False
-        if parts.scheme != "https" and not (parts.scheme == "http" and _is_loopback(host)):
+        if parts.scheme != "https" and not (parts.scheme == "http" and is_loopback_host(host)):
             return False
         if port is not None and port == _default_port(parts):
             port = None
@@ -313,12 +314,3 @@ def _on_aws(host: str) -> bool:
 
 def _default_port(parts: SplitResult) -> int:
     return 443 if parts.scheme == "https" else 80
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

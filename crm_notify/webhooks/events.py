@@ -6,7 +6,7 @@ import enum
 import hashlib
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -85,6 +85,22 @@ def payload_digest(payload: Any) -> str:
     """A stable id for an event without a provider id: SHA-256 of its canonical JSON."""
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def text_or_none(value: Any) -> str | None:
+    """``value`` as text, ``None`` when it is missing or empty."""
+    return str(value) if value not in (None, "") else None
+
+
+def unix_time(value: Any, *, numbers_only: bool = False) -> datetime | None:
+    """An aware UTC datetime from Unix seconds (a number, or digits unless ``numbers_only``);
+    ``None`` for anything else."""
+    if isinstance(value, bool) or (numbers_only and not isinstance(value, int | float)):
+        return None
+    try:
+        return datetime.fromtimestamp(float(value), tz=UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
 
 
 def parse_notification_id(value: Any) -> int | None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from datetime import UTC, datetime
 from typing import Any, Self
 
 from crm_notify.config import ENV_PREFIX, Settings
@@ -40,6 +39,8 @@ from crm_notify.webhooks.events import (
     EventType,
     TrackingEvent,
     parse_notification_id,
+    text_or_none,
+    unix_time,
 )
 
 #: Mailgun's ``event`` -> our type (``failed`` is refined by ``severity`` and ``reason``).
@@ -151,7 +152,7 @@ class MailgunWebhook(EspWebhook):
         bounce_kind = None
         reason = str(data.get("reason") or "")
         status = _dig(data, "delivery-status")
-        description = _text(status.get("message")) or _text(status.get("description"))
+        description = text_or_none(status.get("message")) or text_or_none(status.get("description"))
         if name == "failed":
             if data.get("severity") == "temporary":
                 event_type = EventType.DEFERRED
@@ -163,7 +164,9 @@ class MailgunWebhook(EspWebhook):
                 description = f"{reason}: {description}" if description else reason
         elif name == "rejected":
             reject = _dig(data, "reject")
-            description = _text(reject.get("reason")) or _text(reject.get("description"))
+            description = text_or_none(reject.get("reason")) or text_or_none(
+                reject.get("description")
+            )
         variables = data.get("user-variables")
         variables = variables if isinstance(variables, dict) else {}
         headers = _dig(data, "message", "headers")
@@ -172,11 +175,11 @@ class MailgunWebhook(EspWebhook):
             provider_event_type=f"failed/{reason}" if name == "failed" and reason else name,
             provider_message_id=_message_id(headers.get("message-id")),
             notification_id=parse_notification_id(variables.get("crm_notify_id")),
-            recipient=_text(data.get("recipient")),
-            occurred_at=_unix_time(data.get("timestamp")),
+            recipient=text_or_none(data.get("recipient")),
+            occurred_at=unix_time(data.get("timestamp")),
             event_id=_event_id(token),
             bounce_kind=bounce_kind,
-            url=_text(data.get("url")) if event_type == EventType.CLICKED else None,
+            url=text_or_none(data.get("url")) if event_type == EventType.CLICKED else None,
             description=description,
             payload=data,
         )
@@ -192,7 +195,7 @@ def _event_id(token: str) -> str:
 
 def _message_id(value: Any) -> str | None:
     """The message id as the adapter stores it: without angle brackets."""
-    text = (_text(value) or "").strip().strip("<>")
+    text = (text_or_none(value) or "").strip().strip("<>")
     return text or None
 
 
@@ -203,16 +206,3 @@ def _dig(data: dict[str, Any], *path: str) -> dict[str, Any]:
             return {}
         data = value
     return data
-
-
-def _text(value: Any) -> str | None:
-    return str(value) if value not in (None, "") else None
-
-
-def _unix_time(value: Any) -> datetime | None:
-    if isinstance(value, bool):
-        return None
-    try:
-        return datetime.fromtimestamp(float(value), tz=UTC)
-    except (TypeError, ValueError, OverflowError, OSError):
-        return None

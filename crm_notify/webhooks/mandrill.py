@@ -31,7 +31,6 @@ import base64
 import hashlib
 import hmac
 import json
-from datetime import UTC, datetime
 from typing import Any, Self
 from urllib.parse import urlsplit
 
@@ -45,6 +44,7 @@ from crm_notify.webhooks.events import (
     malformed_event,
     parse_notification_id,
     payload_digest,
+    unix_time,
 )
 
 #: Mandrill message event type -> our type and bounce kind.
@@ -171,7 +171,7 @@ def _event(item: dict[str, Any]) -> TrackingEvent:
         provider_message_id=str(message_id) if message_id else None,
         notification_id=parse_notification_id(metadata.get("crm_notify_id")),
         recipient=str(recipient) if recipient else None,
-        occurred_at=_timestamp(item.get("ts")),
+        occurred_at=unix_time(item.get("ts"), numbers_only=True),
         event_id=(
             payload_digest({"_id": message_id, "event": kind, "ts": item.get("ts"), "url": url})
             if message_id and kind
@@ -203,15 +203,6 @@ def _description(msg: dict[str, Any], reject: dict[str, Any]) -> str | None:
         parts.append(str(reject.get("detail") or reject.get("reason") or ""))
     text = ": ".join(part for part in parts if part)
     return text or None
-
-
-def _timestamp(value: Any) -> datetime | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        return datetime.fromtimestamp(value, tz=UTC)
-    except (OverflowError, OSError, ValueError):
-        return None
 
 
 def _object(value: Any) -> dict[str, Any]:

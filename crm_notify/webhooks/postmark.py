@@ -39,6 +39,7 @@ from crm_notify.webhooks.events import (
     TrackingEvent,
     parse_notification_id,
     payload_digest,
+    text_or_none,
 )
 
 #: The setting holding ``user:password``.
@@ -170,12 +171,12 @@ class PostmarkWebhook(EspWebhook):
         event_type = RECORD_TYPES.get(record_type, EventType.UNKNOWN)
         provider_type = record_type
         bounce_kind: BounceKind | None = None
-        description = _text(record.get("Details"))
+        description = text_or_none(record.get("Details"))
         if record_type == "Bounce":
             bounce_type = _bounce_type(record)
             provider_type = f"Bounce/{bounce_type}"
             event_type, bounce_kind = BOUNCE_TYPES.get(bounce_type, (EventType.UNKNOWN, None))
-            parts = [_text(record.get("Description")), _text(record.get("Details"))]
+            parts = [text_or_none(record.get("Description")), text_or_none(record.get("Details"))]
             description = " ".join(part for part in parts if part) or None
         elif record_type == "SubscriptionChange":
             reason = str(record.get("SuppressionReason") or "")
@@ -194,9 +195,9 @@ class PostmarkWebhook(EspWebhook):
         return TrackingEvent(
             event_type=event_type,
             provider_event_type=provider_type,
-            provider_message_id=_text(record.get("MessageID")),
+            provider_message_id=text_or_none(record.get("MessageID")),
             notification_id=parse_notification_id(metadata.get("crm_notify_id")),
-            recipient=_text(record.get("Email")) or _text(record.get("Recipient")),
+            recipient=text_or_none(record.get("Email")) or text_or_none(record.get("Recipient")),
             occurred_at=_occurred_at(record),
             event_id=(
                 f"bounce-{bounce_id}"
@@ -204,7 +205,9 @@ class PostmarkWebhook(EspWebhook):
                 else payload_digest(record)
             ),
             bounce_kind=bounce_kind,
-            url=_text(record.get("OriginalLink")) if event_type == EventType.CLICKED else None,
+            url=text_or_none(record.get("OriginalLink"))
+            if event_type == EventType.CLICKED
+            else None,
             description=description,
             payload=record,
         )
@@ -227,7 +230,3 @@ def _occurred_at(record: dict[str, Any]) -> datetime | None:
             except ValueError:
                 return None
     return None
-
-
-def _text(value: Any) -> str | None:
-    return str(value) if value not in (None, "") else None

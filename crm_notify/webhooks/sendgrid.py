@@ -26,7 +26,6 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from datetime import UTC, datetime
 from typing import Any, Self
 
 from cryptography.exceptions import InvalidSignature
@@ -43,6 +42,8 @@ from crm_notify.webhooks.events import (
     malformed_event,
     parse_notification_id,
     payload_digest,
+    text_or_none,
+    unix_time,
 )
 
 #: The header holding the base64 ECDSA signature.
@@ -148,15 +149,15 @@ class SendGridWebhook(EspWebhook):
         name = raw["event"]
         event_type = EVENT_TYPES.get(name, EventType.UNKNOWN)
         bounce_kind = None
-        description = _text(raw.get("reason")) or _text(raw.get("response"))
+        description = text_or_none(raw.get("reason")) or text_or_none(raw.get("response"))
         provider_type = name
         if event_type == EventType.BOUNCED:
-            bounce_type = _text(raw.get("type"))
+            bounce_type = text_or_none(raw.get("type"))
             bounce_kind = BOUNCE_KINDS.get(bounce_type or "", BounceKind.SOFT)
             provider_type = f"bounce/{bounce_type or 'untyped'}"
             parts = [
                 f"type {bounce_type}" if bounce_type else "no type",
-                _text(raw.get("bounce_classification")),
+                text_or_none(raw.get("bounce_classification")),
                 description,
             ]
             description = ": ".join(part for part in parts if part)
@@ -165,11 +166,11 @@ class SendGridWebhook(EspWebhook):
             provider_event_type=provider_type,
             provider_message_id=provider_message_id(raw.get("sg_message_id")),
             notification_id=parse_notification_id(raw.get("crm_notify_id")),
-            recipient=_text(raw.get("email")),
-            occurred_at=_unix_time(raw.get("timestamp")),
-            event_id=_text(raw.get("sg_event_id")) or payload_digest(raw),
+            recipient=text_or_none(raw.get("email")),
+            occurred_at=unix_time(raw.get("timestamp")),
+            event_id=text_or_none(raw.get("sg_event_id")) or payload_digest(raw),
             bounce_kind=bounce_kind,
-            url=_text(raw.get("url")) if event_type == EventType.CLICKED else None,
+            url=text_or_none(raw.get("url")) if event_type == EventType.CLICKED else None,
             description=description,
             payload=raw,
         )
@@ -204,21 +205,8 @@ def provider_message_id(value: Any) -> str | None:
     old ids held dots themselves (``"14c5d75ce93.dfd.64b469.filter0001.16648..."``), so the
     cut is at the ``.filter`` / ``.recvd`` suffix, else at the first dot.
     """
-    text = _text(value)
+    text = text_or_none(value)
     if not text:
         return None
     match = _MESSAGE_ID_SUFFIX.search(text)
     return (text[: match.start()] if match else text.split(".", 1)[0]) or None
-
-
-def _text(value: Any) -> str | None:
-    return str(value) if value not in (None, "") else None
-
-
-def _unix_time(value: Any) -> datetime | None:
-    if isinstance(value, bool):
-        return None
-    try:
-        return datetime.fromtimestamp(float(value), tz=UTC)
-    except (TypeError, ValueError, OverflowError, OSError):
-        return None
