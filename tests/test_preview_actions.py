@@ -18,12 +18,13 @@ from sqlmodel import Session
 from standardwebhooks import Webhook
 
 from crm_notify.actions.model import WebhookAction
+from crm_notify.actions.preview import MASK, masked_url, preview_request
 from crm_notify.actions.sender import WebhookActionSender
 from crm_notify.actions.signing import new_secret
 from crm_notify.commerce.models import Order
 from crm_notify.contacts.models import Contact
 from crm_notify.events.schemas import parse_call
-from crm_notify.preview import MASK, PreviewError, build_preview, masked_url, preview_request
+from crm_notify.preview import PreviewError, build_preview
 from crm_notify.render.templates import TemplateStore
 from crm_notify.rules.engine import RuleSet
 from crm_notify.rules.loader import load_rules
