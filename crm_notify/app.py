@@ -20,6 +20,7 @@ from crm_notify.auth.api_keys import ApiKeyAuthenticator
 from crm_notify.config import Settings
 from crm_notify.events.api import make_router
 from crm_notify.events.schemas import SegmentCall
+from crm_notify.gates.api import make_router as make_gates_router
 from crm_notify.runtime import Runtime
 from crm_notify.unsubscribe.api import make_router as make_unsubscribe_router
 from crm_notify.webhooks.api import make_router as make_tracking_router
@@ -98,6 +99,14 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         )
     )
     app.include_router(admin_kpis.make_router(engine=rt.engine, authenticate=authenticate))
+    app.include_router(
+        make_gates_router(
+            engine=rt.engine,
+            secret_key=rt.secret_key,
+            base_url=settings.base_url,
+            enqueue=rt.enqueue,
+        )
+    )
     app.include_router(
         admin_outbox.make_router(engine=rt.engine, authenticate=authenticate, enqueue=rt.enqueue)
     )

@@ -256,9 +256,11 @@ def scheduler(ctx: _Context, once: bool) -> None:
     try:
         if once:
             fired = runtime.scheduler.run_once()
+            runtime.gate_runner.run_once()
             click.echo(f"fired {fired} timers")
             return
         signal.signal(signal.SIGTERM, lambda *_: runtime.scheduler.stop())
+        runtime.gate_runner.start()  # send gates' notifications and timeouts run with it
         click.echo(
             f"scheduler running every {ctx.settings.scheduler_interval:g}s; Ctrl-C stops it",
             err=True,

@@ -55,6 +55,7 @@ def import_models() -> None:
     from crm_notify.commerce import models as _commerce  # noqa: F401
     from crm_notify.contacts import models as _contacts  # noqa: F401
     from crm_notify.events import models as _events  # noqa: F401
+    from crm_notify.gates import model as _gates  # noqa: F401
     from crm_notify.guards import models as _guards  # noqa: F401
     from crm_notify.outbox import models as _outbox  # noqa: F401
     from crm_notify.timers import models as _timers  # noqa: F401

@@ -15,10 +15,11 @@
     ├── EspError                    delivery through an email service provider
     │   ├── EspTransientError         worth retrying (network, timeout, 4xx greylisting, 5xx)
     │   └── EspPermanentError         retrying will not help (rejected recipient, bad credentials)
-    └── WebhookError                a provider's tracking webhook call was refused
-        ├── WebhookAuthError          missing or wrong credentials or signature (HTTP 401/403)
-        ├── WebhookPayloadError       the body is not in the provider's format (HTTP 400)
-        └── WebhookUnavailableError   something the check needs is unreachable (HTTP 503)
+    ├── WebhookError                a provider's tracking webhook call was refused
+    │   ├── WebhookAuthError          missing or wrong credentials or signature (HTTP 401/403)
+    │   ├── WebhookPayloadError       the body is not in the provider's format (HTTP 400)
+    │   └── WebhookUnavailableError   something the check needs is unreachable (HTTP 503)
+    └── GateClosedError             a send gate is finished or timed out (nothing changed)
 
     ConfigurationError              invalid settings; outside the tree so no handler swallows it
 """
@@ -197,6 +198,20 @@ class WebhookUnavailableError(WebhookError):
     subscription confirmation URL): answered with 503, so the provider retries."""
 
     status_code = 503
+
+
+class GateClosedError(CrmNotifyError):
+    """The send gate is no longer open (finished or timed out): nothing was changed.
+
+    Parameters:
+        public_id: the gate.
+        status: its status.
+    """
+
+    def __init__(self, public_id: str, status: str) -> None:
+        self.public_id = public_id
+        self.status = status
+        super().__init__(f"gate {public_id} is {status}")
 
 
 class ConfigurationError(Exception):

@@ -58,6 +58,7 @@ from crm_notify.errors import EventValidationError
 from crm_notify.events.emails import normalise_email
 from crm_notify.events.models import Event
 from crm_notify.events.schemas import SegmentCall
+from crm_notify.gates.hold import GateHold
 from crm_notify.guards import PlannedSend, SendPolicy, Verdict
 from crm_notify.guards.consent import (
     DEFAULT_CATEGORIES,
@@ -200,6 +201,7 @@ class Intake:
         enqueue: called with the ids of new notifications after their transaction commits.
         consent_categories: Segment consent category -> purpose (matched in any case).
         consent_traits: identify trait -> purpose it grants or withdraws.
+        hold: puts the sends of gated rules on hold before the transaction commits.
     """
 
     def __init__(
@@ -211,8 +213,10 @@ class Intake:
         enqueue: Callable[[Sequence[int]], None] | None = None,
         consent_categories: Mapping[str, str] | None = None,
         consent_traits: Mapping[str, str] | None = None,
+        hold: GateHold | None = None,
     ) -> None:
         self._engine = engine
+        self._hold = hold
         self.rules = rules
         self._policy = policy or SendPolicy.standard()
         self._enqueue = enqueue
@@ -233,6 +237,9 @@ class Intake:
             try:
                 with session_scope(self._engine) as session:
                     result = self._apply(session, calls, emails, source, received)
+                    if self._hold is not None:
+                        held = self._hold.hold(session, result.notification_ids, batch=False)
+                        result.notification_ids = held.released
                 break
             except (IntegrityError, OperationalError) as exc:
                 # A concurrent request inserted the same messageId, contact or order first, or
@@ -240,6 +247,8 @@ class Intake:
                 # their rate limits): the retry sees the other's rows.
                 if attempt == INGEST_ATTEMPTS or not _retryable(exc):
                     raise
+        if self._hold is not None:
+            self._hold.after_commit(held)
         if result.notification_ids and self._enqueue is not None:
             try:
                 self._enqueue(result.notification_ids)

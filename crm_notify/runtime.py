@@ -25,6 +25,9 @@ from crm_notify.esp.rate_limited import (
     RedisSendRateLimiter,
     SendRateLimiter,
 )
+from crm_notify.gates.hold import GateHold
+from crm_notify.gates.notify import GateNotifier
+from crm_notify.gates.runner import GateRunner
 from crm_notify.guards import SendPolicy
 from crm_notify.intake import Intake
 from crm_notify.outbox import repository
@@ -101,6 +104,8 @@ class Runtime:
     webhooks: WebhookActionSender = field(init=False)
     relay: Relay = field(init=False)
     scheduler: Scheduler = field(init=False)
+    gate_notifier: GateNotifier = field(init=False)
+    gate_runner: GateRunner = field(init=False)
     _worker: dramatiq.Worker | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -124,6 +129,17 @@ class Runtime:
             webhooks=self.webhooks,
         )
         self.actors = declare_actors(self.broker, deliver=self.delivery.deliver)
+        # Send gates: the integration's ${NAME} credentials come from the process environment.
+        self.gate_notifier = GateNotifier.from_settings(
+            self.settings, secret_key=self.secret_key, environ=os.environ
+        )
+        self.gate_runner = GateRunner(
+            engine=self.engine,
+            notifier=self.gate_notifier,
+            enqueue=self.enqueue,
+            interval_s=self.settings.scheduler_interval,
+        )
+        hold = GateHold(self.rules, opened=self.gate_runner.wake)
         self.intake = Intake(
             engine=self.engine,
             rules=self.rules,
@@ -131,12 +147,14 @@ class Runtime:
             enqueue=self.enqueue,
             consent_categories=self.settings.consent_categories,
             consent_traits=self.settings.consent_traits,
+            hold=hold,
         )
         self.scheduler = Scheduler(
             engine=self.engine,
             fire=TimerFiring(rules=self.rules, policy=self.policy),
             enqueue=self.enqueue,
             interval_s=self.settings.scheduler_interval,
+            hold=hold,
         )
         self.relay = Relay(
             engine=self.engine,
@@ -194,8 +212,8 @@ class Runtime:
             repository.mark_queued(session=session, notification_ids=notification_ids)
 
     def start_background(self, *, scheduler: bool = True) -> None:
-        """Start the relay and the scheduler, and with the in-process broker also the delivery
-        threads.
+        """Start the relay, the scheduler and the gate runner, and with the in-process broker
+        also the delivery threads.
 
         With the in-process broker, every unfinished notification is requeued first: the
         previous process's in-memory queue is gone.
@@ -211,10 +229,12 @@ class Runtime:
         self.relay.start()
         if scheduler:
             self.scheduler.start()
+            self.gate_runner.start()
 
     def close(self) -> None:
         """Stop background threads and release connections."""
         self.scheduler.stop()
+        self.gate_runner.stop()
         self.relay.stop()
         if self._worker is not None:
             self._worker.stop(timeout=30_000)
@@ -222,4 +242,5 @@ class Runtime:
         self.broker.close()
         self.esps.close()
         self.webhooks.close()
+        self.gate_notifier.close()
         self.engine.dispose()

@@ -319,6 +319,8 @@ class DeliveryService:
     def _render(self, row: Notification) -> dict[str, str]:
         """The message of ``row`` and the columns stored with it (see ``store_message``)."""
         context = dict(row.context)
+        if row.gate_id is not None:  # what a send gate's integration attached on release
+            context["gate"] = row.gate_data or {}
         headers = {"X-CRM-Notify-Id": str(row.id), "X-CRM-Notify-Rule": row.rule}
         links = self._unsubscribe.for_notification(row) if self._unsubscribe else None
         if links is not None:

@@ -20,6 +20,8 @@ class NotificationStatus(enum.StrEnum):
     (claimed by one worker) -> ``sent``; a transient failure goes to ``retrying`` and back to
     ``sending``; a permanent one, or too many attempts, ends in ``failed``. ``cancelled``: the
     guards said no when it was about to be delivered (consent withdrawn, address suppressed).
+    ``gated``: held by a send gate until the integration releases it (-> ``pending``) or
+    rejects it (-> ``cancelled``).
     """
 
     PENDING = "pending"
@@ -29,6 +31,7 @@ class NotificationStatus(enum.StrEnum):
     SENT = "sent"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    GATED = "gated"
 
 
 #: Statuses from which a worker may claim a notification for delivery.
@@ -95,6 +98,8 @@ class Notification(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=now, sa_column=utc_column(index=True))
     sent_at: datetime | None = Field(default=None, sa_column=utc_column(nullable=True))
     first_attempt_at: datetime | None = Field(default=None, sa_column=utc_column(nullable=True))
+    gate_id: int | None = Field(default=None, foreign_key="gate.id", index=True)
+    gate_data: dict[str, Any] | None = Field(default=None, sa_column=json_column(nullable=True))
 
 
 class NotificationStatusChange(SQLModel, table=True):

@@ -23,6 +23,7 @@ from crm_notify.rules._compile import (
     guard_field_problems,
     purpose_problems,
 )
+from crm_notify.rules._gate import compile_gate
 from crm_notify.rules._validation_errors import describe, validation_problems
 from crm_notify.rules.engine import RuleSet
 from crm_notify.rules.model import BUILTIN_PURPOSES, Limit, Rule, RulesFileSpec, RuleSpec
@@ -281,7 +282,15 @@ def _load_file(
             environment=environment,
             environ=environ,
         )
-        rule_problems += step_problems + exit_problems + action_problems
+        gate, gate_problems = compile_gate(
+            spec.gate,
+            (*prefix, "gate"),
+            document=document,
+            path=path,
+            environ=environ,
+            template_exists=template_exists,
+        )
+        rule_problems += step_problems + exit_problems + action_problems + gate_problems
         problems += rule_problems
         if not rule_problems and prefix not in unknown_purposes:
             rules.append(
@@ -303,6 +312,7 @@ def _load_file(
                     quiet_hours=spec.quiet_hours,
                     dedupe_key=dedupe_key,
                     actions=actions,
+                    gate=gate,
                     source_path=path,
                     source_line=document.line_for((*prefix, "name")) or 1,
                 )

@@ -38,6 +38,10 @@ list of such mappings). Fields::
         url: https://api.sms.example/v1/messages
         headers: {Authorization: "Bearer ${SMS_API_TOKEN}"}
         body: {to: "{{ contact.traits.phone }}", text: "Your order {{ order.order_id }} is on its way"}
+    gate:                          # optional: hold the sends until an outside system approves, rejects or enriches them; see crm_notify.gates.spec
+      url: https://loyalty.example/crm-gate
+      auth: {header: X-Gate-Token, token: "${GATE_TOKEN}"}
+      timeout: 1h                  # default 1h, at most 7d; on_timeout: release (default) | drop
 
 Files are read as YAML 1.2: ``on``, ``yes`` and ``NO`` are strings, only ``true``/``false`` are
 booleans. Values are not coerced: ``enabled: "yes"`` or ``event: 42`` is an error (quote it).
@@ -73,6 +77,7 @@ from pydantic_core import PydanticCustomError
 
 from crm_notify.actions.spec import WebhookActionSpec
 from crm_notify.errors import ConditionError, RenderError
+from crm_notify.gates.spec import GateSpec
 from crm_notify.rules.durations import (
     DURATION_JSON_PATTERN,
     InvalidDurationError,
@@ -85,6 +90,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from crm_notify.actions.model import WebhookAction
+    from crm_notify.gates.model import GateConfig
     from crm_notify.render.sandbox import BoundedSandboxEnvironment
     from crm_notify.rules.conditions import Condition
 
@@ -628,6 +634,7 @@ class RuleSpec(_Spec):
     quiet_hours: _QuietHours | None = None
     dedupe_key: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
     actions: Annotated[list[WebhookActionSpec], Field(min_length=1)] | None = None
+    gate: GateSpec | None = None
 
 
 class RulesFileSpec(_Spec):
@@ -676,7 +683,8 @@ class Rule:
     A rule always has at least one step. Give either ``steps`` or only ``template`` (which
     becomes one step sent at once); ``template`` is always the first step's template. A rule
     with ``actions`` sends them with its single step; without a ``template`` it sends no email
-    (its one step's template is then ``""``).
+    (its one step's template is then ``""``). A rule with a ``gate`` has its sends held until
+    an outside system approves them (:mod:`crm_notify.gates`).
     ``source_path`` and ``source_line`` locate it (the line of its ``name``) for messages.
     ``quiet_hours`` ``None`` means the default: on (the configured window) for every purpose
     but ``transactional``.
@@ -704,6 +712,7 @@ class Rule:
     quiet_hours: bool | QuietWindow | None = None
     dedupe_key: DedupeKey | None = None
     actions: tuple[WebhookAction, ...] = ()
+    gate: GateConfig | None = None
     source_path: Path = field(default_factory=Path)
     source_line: int = 0
 

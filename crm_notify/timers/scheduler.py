@@ -18,6 +18,7 @@ from sqlmodel import Session
 
 from crm_notify.clock import now
 from crm_notify.db import session_scope
+from crm_notify.gates.hold import GateHold, HoldResult
 from crm_notify.timers import repository
 from crm_notify.timers.models import Timer, TimerStatus
 
@@ -40,6 +41,7 @@ class Scheduler:
         enqueue: hands the notifications created by a pass to the broker, after the commit.
         interval_s: seconds between passes.
         batch_size: timers per transaction.
+        hold: puts the sends of gated rules of each pass on hold (one gate per rule).
     """
 
     def __init__(
@@ -50,8 +52,11 @@ class Scheduler:
         enqueue: Callable[[Sequence[int]], None] | None,
         interval_s: float,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        hold: GateHold | None = None,
     ) -> None:
         self._engine = engine
+        self._hold = hold
+        self._opened: list[int] = []
         self._fire = fire
         self._enqueue = enqueue
         self._interval_s = interval_s
@@ -65,6 +70,9 @@ class Scheduler:
         for _ in range(max_batches):
             count, notification_ids = self._run_batch()
             fired += count
+            if self._opened and self._hold is not None:  # committed: the integration may hear
+                self._hold.after_commit(HoldResult(gate_ids=self._opened))
+                self._opened = []
             if notification_ids and self._enqueue is not None:
                 try:
                     self._enqueue(notification_ids)
@@ -83,7 +91,7 @@ class Scheduler:
                 notification_ids: list[int] = []
                 for timer in timers:
                     notification_ids += self._fire(session, timer)
-                return len(timers), notification_ids
+                return len(timers), self._held(session, notification_ids)
         except Exception:
             logger.warning("a timer failed to fire; firing the batch one timer at a time")
         return self._run_batch_isolated()
@@ -114,7 +122,15 @@ class Scheduler:
                         status=TimerStatus.SKIPPED,
                         reason=f"error while firing: {type(exc).__name__}",
                     )
-            return len(timers), notification_ids
+            return len(timers), self._held(session, notification_ids)
+
+    def _held(self, session: Session, notification_ids: list[int]) -> list[int]:
+        """The ids to enqueue once the gated rules' sends of this pass are put on hold."""
+        if self._hold is None:
+            return notification_ids
+        held = self._hold.hold(session, notification_ids, batch=True)
+        self._opened += held.gate_ids
+        return held.released
 
     def start(self) -> None:
         """Run passes in a daemon thread until :meth:`stop`."""

@@ -1,0 +1,121 @@
+"""Holding the sends of gated rules, in the transaction that created them.
+
+At the end of the transaction that wrote a batch of notifications (the intake's, a scheduler
+pass's), :meth:`GateHold.hold` puts those of rules with a ``gate:`` on hold: status ``gated``
+under a new :class:`~crm_notify.gates.model.Gate`, one per rule and event for the intake (a
+single send) and one per rule for a scheduler pass (a batch). Nothing held is enqueued; the
+gate runner tells the integration once the transaction has committed.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from crm_notify.clock import now
+from crm_notify.db import insert_rows, new_row
+from crm_notify.gates.model import Gate, gate_config_json
+from crm_notify.outbox.models import Notification, NotificationStatus, NotificationStatusChange
+from crm_notify.rules.engine import RuleSet
+
+#: Prefix of a gate's public id (the rest is 32 random hex digits).
+GATE_ID_PREFIX = "gt_"
+
+
+@dataclass
+class HoldResult:
+    """What :meth:`GateHold.hold` did: the ids still to enqueue, and the gates it opened."""
+
+    released: list[int] = field(default_factory=list)
+    gate_ids: list[int] = field(default_factory=list)
+
+
+class GateHold:
+    """Puts the new notifications of gated rules on hold.
+
+    Parameters:
+        rules: the loaded rules (their ``gate``).
+        opened: called after the transaction commits when gates were opened (wakes the gate
+            runner so the integration hears at once).
+    """
+
+    def __init__(self, rules: RuleSet, *, opened: Callable[[], None] | None = None) -> None:
+        self._rules = rules
+        self._opened = opened
+
+    @property
+    def active(self) -> bool:
+        """Whether any rule has a gate (nothing to do otherwise)."""
+        return any(rule.gate is not None for rule in self._rules.rules)
+
+    def hold(self, session: Session, notification_ids: Sequence[int], *, batch: bool) -> HoldResult:
+        """Hold the gated ones of ``notification_ids`` (new, uncommitted rows).
+
+        Parameters:
+            batch: the rows come from one scheduled run (one gate per rule), not from events
+                (one gate per rule and event).
+        """
+        if not notification_ids or not self.active:
+            return HoldResult(released=list(notification_ids))
+        gated_rules = {rule.name: rule for rule in self._rules.rules if rule.gate is not None}
+        rows = session.exec(
+            select(Notification).where(
+                col(Notification.id).in_(notification_ids),
+                col(Notification.rule).in_(list(gated_rules)),
+                Notification.status == NotificationStatus.PENDING,
+            )
+        ).all()
+        held = {row.id for row in rows}
+        result = HoldResult(released=[i for i in notification_ids if i not in held])
+        groups: dict[tuple[str, int | None], list[Notification]] = {}
+        for row in sorted(rows, key=lambda r: r.id or 0):
+            groups.setdefault((row.rule, None if batch else row.event_id), []).append(row)
+        moment = now()
+        for (rule_name, _event), members in groups.items():
+            rule = gated_rules[rule_name]
+            assert rule.gate is not None
+            gate = Gate(
+                public_id=GATE_ID_PREFIX + secrets.token_hex(16),
+                rule=rule_name,
+                send_name=rule.steps[members[0].step].name,
+                batch=batch,
+                config=gate_config_json(rule.gate),
+                created_at=moment,
+                deadline=moment + rule.gate.timeout,
+                next_delivery_at=moment,
+            )
+            session.add(gate)
+            session.flush()
+            assert gate.id is not None
+            ids = [row.id for row in members if row.id is not None]
+            session.execute(
+                sa.update(Notification)
+                .where(col(Notification.id).in_(ids))
+                .values(status=NotificationStatus.GATED.value, gate_id=gate.id, updated_at=moment)
+                .execution_options(synchronize_session=False)
+            )
+            detail = f"held by gate {gate.public_id}"
+            insert_rows(
+                session,
+                NotificationStatusChange,
+                [
+                    new_row(
+                        NotificationStatusChange,
+                        {"notification_id": i, "status": "gated", "detail": detail, "at": moment},
+                    )
+                    for i in ids
+                ],
+            )
+            for row in members:
+                session.expire(row)
+            result.gate_ids.append(gate.id)
+        return result
+
+    def after_commit(self, result: HoldResult) -> None:
+        """Wake the gate runner when ``result`` opened gates."""
+        if result.gate_ids and self._opened is not None:
+            self._opened()

@@ -1,0 +1,383 @@
+"""Deciding a gate's items: release them, cancel one, or apply the timeout policy.
+
+Each function works in the caller's session (and transaction) on a gate the caller has
+locked (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite has one writer at a time), writes the
+status history and the decision log, and returns the ids of the notifications to hand to the
+broker once the transaction has committed:
+
+- :func:`release` (the finish URI): attached data goes to ``gate_data``, every item still
+  ``gated`` becomes ``pending``, the gate ``finished``;
+- :func:`cancel_item` (a cancel or reject URI): that item becomes ``cancelled``, the reason in
+  the decision log; with ``on_rejected``, a follow-up notification with that template;
+- :func:`time_out` (the gate runner, at the deadline): the gate ``timed_out``; the items still
+  ``gated`` become ``pending`` (``on_timeout: release``) or ``cancelled`` (``drop``), with a
+  follow-up per dropped item when ``on_timed_out`` names a template.
+
+A follow-up is a new ``pending`` notification of the same rule, contact and data with the
+other template; its idempotency key is the item's with ``#gate-rejected`` or
+``#gate-timed-out`` appended, so it is made once. Only e-mail items get follow-ups (the
+templates are e-mail templates).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from crm_notify.clock import now
+from crm_notify.db import insert_rows, new_row
+from crm_notify.errors import GateClosedError
+from crm_notify.gates.model import Gate, GateDelivery, GateStatus, OnTimeout, gate_config_from_json
+from crm_notify.outbox.models import (
+    Decision,
+    DecisionOutcome,
+    Notification,
+    NotificationStatus,
+    NotificationStatusChange,
+)
+from crm_notify.outbox.repository import PlannedDecision, write_decisions
+
+#: The notification table, for statements that need no ORM bookkeeping.
+_NOTIFICATION = cast(sa.Table, sa.inspect(Notification).local_table)
+#: Characters of a rejection reason kept.
+MAX_REASON_CHARS = 1000
+#: Idempotency-key suffixes of the follow-ups.
+REJECTED_SUFFIX = "#gate-rejected"
+TIMED_OUT_SUFFIX = "#gate-timed-out"
+#: ``Notification.idempotency_key`` length.
+_KEY_CHARS = 512
+#: The channel follow-ups are made for.
+_EMAIL = "email"
+
+
+@dataclass
+class CancelResult:
+    """What :func:`cancel_item` did.
+
+    Parameters:
+        changed: the item was ``gated`` and is now ``cancelled``.
+        status: the item's status now (``None``: the gate has no such item).
+        notification_ids: follow-ups to enqueue.
+    """
+
+    changed: bool
+    status: str | None
+    notification_ids: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Moved:
+    """A notification moved by :func:`_move`: what its decision entry needs."""
+
+    id: int
+    rule: str
+    event_id: int | None
+    contact_id: int | None
+
+
+def release(
+    session: Session, gate: Gate, items_data: Mapping[int, Mapping[str, Any]] | None = None
+) -> list[int]:
+    """Finish ``gate``: store the data attached to items, release every item still held.
+
+    Parameters:
+        session: the caller's session; the gate row is locked by the caller.
+        gate: an open gate.
+        items_data: template data per notification id, stored in ``gate_data`` (rendered
+            under ``gate``); ids of items no longer held are ignored.
+
+    Raises:
+        GateClosedError: the gate is not open (nothing changed).
+
+    Returns:
+        The released notification ids (now ``pending``), to enqueue after the commit.
+    """
+    moment = now()
+    _close(session, gate, GateStatus.FINISHED)
+    for notification_id, data in (items_data or {}).items():
+        session.execute(
+            sa.update(_NOTIFICATION)
+            .where(_NOTIFICATION.c.id == notification_id)
+            .where(_NOTIFICATION.c.gate_id == gate.id)
+            .where(_NOTIFICATION.c.status == NotificationStatus.GATED.value)
+            .values(gate_data=dict(data))
+        )
+    moved = _move(
+        session,
+        gate,
+        to_status=NotificationStatus.PENDING,
+        detail=f"released by gate {gate.public_id}",
+        moment=moment,
+    )
+    return [row.id for row in moved]
+
+
+def cancel_item(
+    session: Session, gate: Gate, notification_id: int, *, reason: str, action: str = "reject"
+) -> CancelResult:
+    """Cancel one held item of ``gate`` (idempotent: a cancelled item stays as it is).
+
+    Parameters:
+        session: the caller's session; the gate row is locked by the caller.
+        gate: an open gate.
+        notification_id: the item.
+        reason: why, as the integration said (kept in the decision log, cut to
+            :data:`MAX_REASON_CHARS`).
+        action: the URI used (``cancel`` or ``reject``), recorded in the entry's details.
+
+    Raises:
+        GateClosedError: the gate is not open (nothing changed).
+
+    Returns:
+        Whether it changed, the item's status, and the follow-up to enqueue.
+    """
+    if gate.status != GateStatus.OPEN:
+        raise GateClosedError(gate.public_id, gate.status)
+    why = clean_reason(reason)
+    moment = now()
+    moved = _move(
+        session,
+        gate,
+        to_status=NotificationStatus.CANCELLED,
+        detail=f"rejected by gate {gate.public_id}: {why}",
+        moment=moment,
+        ids=[notification_id],
+    )
+    if not moved:
+        status = session.exec(
+            select(Notification.status)
+            .where(col(Notification.id) == notification_id)
+            .where(col(Notification.gate_id) == gate.id)
+        ).first()
+        return CancelResult(changed=False, status=None if status is None else str(status))
+    _log(
+        session,
+        moved,
+        outcome=DecisionOutcome.SKIP,
+        reason=f"rejected by the gate: {why}",
+        details={"gate": gate.public_id, "action": action},
+        moment=moment,
+    )
+    config = gate_config_from_json(gate.config)
+    follow_ups: list[int] = []
+    if config.on_rejected is not None:
+        follow_ups = _follow_up(
+            session,
+            [notification_id],
+            template=config.on_rejected,
+            suffix=REJECTED_SUFFIX,
+            reason=f"follow-up of an item rejected by gate {gate.public_id} (on_rejected)",
+        )
+    return CancelResult(
+        changed=True, status=NotificationStatus.CANCELLED.value, notification_ids=follow_ups
+    )
+
+
+def time_out(session: Session, gate: Gate) -> list[int]:
+    """Apply ``gate``'s timeout policy: the gate ``timed_out``, its held items released or
+    dropped (with follow-ups for ``on_timed_out``). A delivery still ``pending`` becomes
+    ``failed``. The caller decides that the deadline has passed.
+
+    Parameters:
+        session: the caller's session; the gate row is locked by the caller.
+        gate: an open gate.
+
+    Raises:
+        GateClosedError: the gate is not open (nothing changed).
+
+    Returns:
+        The notifications to enqueue: the released items, or the follow-ups.
+    """
+    config = gate_config_from_json(gate.config)
+    moment = now()
+    _close(session, gate, GateStatus.TIMED_OUT)
+    if gate.delivery == GateDelivery.PENDING:
+        gate.delivery = GateDelivery.FAILED
+        gate.next_delivery_at = None
+        gate.last_error = gate.last_error or "the deadline passed before the integration answered"
+        session.add(gate)
+    if config.on_timeout is OnTimeout.RELEASE:
+        moved = _move(
+            session,
+            gate,
+            to_status=NotificationStatus.PENDING,
+            detail=f"released: gate {gate.public_id} timed out (on_timeout: release)",
+            moment=moment,
+        )
+        _log(
+            session,
+            moved,
+            outcome=DecisionOutcome.SEND,
+            reason="gate timed out: released (on_timeout: release)",
+            details={"gate": gate.public_id},
+            moment=moment,
+        )
+        return [row.id for row in moved]
+    moved = _move(
+        session,
+        gate,
+        to_status=NotificationStatus.CANCELLED,
+        detail=f"gate {gate.public_id} timed out (on_timeout: drop)",
+        moment=moment,
+    )
+    _log(
+        session,
+        moved,
+        outcome=DecisionOutcome.SKIP,
+        reason="gate timed out",
+        details={"gate": gate.public_id, "on_timeout": "drop"},
+        moment=moment,
+    )
+    if config.on_timed_out is None or not moved:
+        return []
+    return _follow_up(
+        session,
+        [row.id for row in moved],
+        template=config.on_timed_out,
+        suffix=TIMED_OUT_SUFFIX,
+        reason=f"follow-up of an item dropped when gate {gate.public_id} timed out (on_timed_out)",
+    )
+
+
+def clean_reason(reason: str | None) -> str:
+    """``reason`` on one line (control characters and runs of white space become one space),
+    cut to :data:`MAX_REASON_CHARS`; ``"no reason given"`` when empty."""
+    text = " ".join("".join(c if c.isprintable() else " " for c in reason or "").split())
+    return text[:MAX_REASON_CHARS] or "no reason given"
+
+
+def _close(session: Session, gate: Gate, status: GateStatus) -> None:
+    """Move ``gate`` from ``open`` to ``status`` (a conditional ``UPDATE``)."""
+    moment = now()
+    result = session.execute(
+        sa.update(Gate)
+        .where(col(Gate.id) == gate.id)
+        .where(col(Gate.status) == GateStatus.OPEN.value)
+        .values(status=status.value, finished_at=moment)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        session.refresh(gate)
+        raise GateClosedError(gate.public_id, gate.status)
+    gate.status = status.value
+    gate.finished_at = moment
+
+
+def _move(
+    session: Session,
+    gate: Gate,
+    *,
+    to_status: NotificationStatus,
+    detail: str,
+    moment: Any,
+    ids: Sequence[int] | None = None,
+) -> list[_Moved]:
+    """Move ``gate``'s ``gated`` items (those of ``ids`` only, when given) to ``to_status``,
+    with a status-history entry each; return those moved, by id."""
+    table = _NOTIFICATION
+    stmt = (
+        sa.update(table)
+        .where(table.c.gate_id == gate.id)
+        .where(table.c.status == NotificationStatus.GATED.value)
+        .values(status=to_status.value, updated_at=moment)
+        .returning(table.c.id, table.c.rule, table.c.event_id, table.c.contact_id)
+    )
+    if ids is not None:
+        stmt = stmt.where(table.c.id.in_(list(ids)))
+    moved = sorted((_Moved(*row) for row in session.execute(stmt)), key=lambda row: row.id)
+    insert_rows(
+        session,
+        NotificationStatusChange,
+        [
+            new_row(
+                NotificationStatusChange,
+                {
+                    "notification_id": row.id,
+                    "status": to_status.value,
+                    "detail": detail,
+                    "at": moment,
+                },
+            )
+            for row in moved
+        ],
+    )
+    return moved
+
+
+def _log(
+    session: Session,
+    moved: Sequence[_Moved],
+    *,
+    outcome: DecisionOutcome,
+    reason: str,
+    details: dict[str, Any],
+    moment: Any,
+) -> None:
+    """One decision-log entry per moved item."""
+    insert_rows(
+        session,
+        Decision,
+        [
+            new_row(
+                Decision,
+                {
+                    "rule": row.rule,
+                    "outcome": outcome.value,
+                    "reason": reason,
+                    "event_id": row.event_id,
+                    "contact_id": row.contact_id,
+                    "notification_id": row.id,
+                    "details": details,
+                    "at": moment,
+                },
+            )
+            for row in moved
+        ],
+    )
+
+
+def _follow_up(
+    session: Session, notification_ids: Sequence[int], *, template: str, suffix: str, reason: str
+) -> list[int]:
+    """A ``pending`` notification with ``template`` for each e-mail item of
+    ``notification_ids`` (once per item: see the module docstring); return their ids."""
+    rows = session.exec(
+        select(Notification)
+        .where(col(Notification.id).in_(list(notification_ids)))
+        .where(col(Notification.channel) == _EMAIL)
+        .order_by(col(Notification.id))
+    ).all()
+    planned = [
+        PlannedDecision(
+            rule=row.rule,
+            event_id=row.event_id,
+            contact_id=row.contact_id,
+            reason=reason,
+            details={"follows": row.id},
+            notification=new_row(
+                Notification,
+                {
+                    "idempotency_key": row.idempotency_key[: _KEY_CHARS - len(suffix)] + suffix,
+                    "rule": row.rule,
+                    "dedupe_key": row.dedupe_key,
+                    "step": row.step,
+                    "timer_id": row.timer_id,
+                    "template": template,
+                    "purpose": row.purpose,
+                    "channel": row.channel,
+                    "contact_id": row.contact_id,
+                    "event_id": row.event_id,
+                    "to_address": row.to_address,
+                    "language": row.language,
+                    "context": row.context,
+                    "status": NotificationStatus.PENDING,
+                },
+            ),
+        )
+        for row in rows
+    ]
+    return write_decisions(session=session, decisions=planned)

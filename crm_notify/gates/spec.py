@@ -1,0 +1,174 @@
+"""The rule-file format of a send gate (a rule's ``gate:``).
+
+::
+
+    gate:
+      url: https://loyalty.example/crm-gate   # required, static: https (http: loopback only);
+                                              #   ${NAME} allowed in the query string only
+      auth:                                   # optional, one of:
+        basic: ${GATE_USER}:${GATE_PASSWORD}  #   HTTP Basic, USER:PASSWORD
+        # header: X-Gate-Token                #   or a header of your choice...
+        # token: ${GATE_TOKEN}                #   ...and its value
+                                              # values: text and ${NAME} (environment variables)
+      secret: ${GATE_SIGNING_SECRET}          # optional: the Standard Webhooks signing secret
+                                              #   (whsec_...); default CRM_NOTIFY_WEBHOOK_SECRET
+      timeout: 1h                             # optional, default 1h, at most 7d: how long held
+                                              #   sends wait for the finish call
+      on_timeout: release                     # optional: release (default) | drop
+      actions:                                # optional: what the integration is asked to do,
+        - {id: check-stock}                   #   each a mapping with a unique string `id`; the
+        - {id: add-promo, field: promo_code}  #   other keys are passed on as they are
+      on_rejected: {template: cart_rejected}  # optional: send this template to rejected items
+      on_timed_out: {template: cart_later}    # optional, with on_timeout: drop: send this
+                                              #   template to the dropped items
+
+What the values mean and how they are checked is in :mod:`crm_notify.rules._gate`.
+
+This module imports nothing from :mod:`crm_notify.rules` at import time: the rule model imports
+it, so the duration helpers are looked up when a value is validated (or a schema built).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError
+
+#: Longest gate timeout: held sends should not wait longer than a week.
+MAX_GATE_TIMEOUT = timedelta(days=7)
+#: What a template (folder under ``templates/``) name must look like; the same as
+#: ``crm_notify.rules.model.TEMPLATE_NAME_PATTERN`` (a test keeps them equal).
+TEMPLATE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+#: Longest action id.
+MAX_ACTION_ID_CHARS = 128
+#: Longest URL accepted.
+MAX_URL_CHARS = 2048
+
+
+def _timeout_value(value: Any) -> timedelta:
+    """Pydantic before-validator: a duration as rule files write it (``1h``, ``PT1H``)."""
+    from crm_notify.rules.model import duration_value  # see the module docstring
+
+    return duration_value(value)
+
+
+def _timeout_range(value: timedelta) -> timedelta:
+    """Pydantic after-validator: more than zero, at most :data:`MAX_GATE_TIMEOUT`."""
+    from crm_notify.rules.durations import format_duration  # as above
+
+    if value <= timedelta(0):
+        raise PydanticCustomError(
+            "duration_not_positive",
+            "must be more than zero, got '{value}'",
+            {"value": format_duration(value)},
+        )
+    if value > MAX_GATE_TIMEOUT:
+        raise PydanticCustomError(
+            "gate_timeout_too_long",
+            "must be at most {most}, got '{value}'",
+            {"most": format_duration(MAX_GATE_TIMEOUT), "value": format_duration(value)},
+        )
+    return value
+
+
+class _TimeoutJsonSchema:
+    """The JSON Schema of ``timeout``: a positive duration, written as in the rest of the file."""
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        from crm_notify.rules.durations import DURATION_JSON_PATTERN  # see the module docstring
+
+        return {
+            "type": "string",
+            "pattern": DURATION_JSON_PATTERN,
+            "not": {"pattern": "^(0|P?T?(0+[WDHMSwdhms]T?)+)$"},
+            "examples": ["1h", "30m", "1d"],
+            "description": "How long held sends wait for the finish call: 90s, 30m, 1h, 2d, "
+            "or ISO 8601 (PT1H); more than zero, at most 7d; default 1h",
+        }
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class GateAuthSpec(_Spec):
+    """``gate.auth``: ``basic`` (``USER:PASSWORD``), or ``header`` and ``token``."""
+
+    model_config = ConfigDict(
+        title="GateAuth",
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "required": ["basic"],
+                    "not": {"anyOf": [{"required": ["header"]}, {"required": ["token"]}]},
+                },
+                {"required": ["header", "token"], "not": {"required": ["basic"]}},
+            ]
+        },
+    )
+
+    basic: Annotated[str, Field(min_length=1)] | None = None
+    header: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    token: Annotated[str, Field(min_length=1)] | None = None
+
+
+class GateActionSpec(BaseModel):
+    """``gate.actions[i]``: what the integration is asked to do; ``id`` names it, the other
+    keys are free (passed on as they are)."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True, title="GateAction")
+
+    id: Annotated[str, Field(min_length=1, max_length=MAX_ACTION_ID_CHARS)]
+
+
+class GateFollowUpSpec(_Spec):
+    """``gate.on_rejected`` / ``gate.on_timed_out``: the template to send instead."""
+
+    model_config = ConfigDict(title="GateFollowUp")
+
+    template: Annotated[str, Field(pattern=TEMPLATE_NAME_PATTERN)]
+
+
+class GateSpec(_Spec):
+    """``gate``: hold the rule's sends until an outside system approves them."""
+
+    model_config = ConfigDict(
+        title="Gate",
+        json_schema_extra={
+            "dependentSchemas": {
+                "on_timed_out": {
+                    "properties": {"on_timeout": {"const": "drop"}},
+                    "required": ["on_timeout"],
+                }
+            }
+        },
+    )
+
+    url: Annotated[str, Field(min_length=1, max_length=MAX_URL_CHARS)]
+    auth: GateAuthSpec | None = None
+    secret: Annotated[str, Field(min_length=1)] | None = None
+    timeout: (
+        Annotated[
+            timedelta,
+            BeforeValidator(_timeout_value),
+            AfterValidator(_timeout_range),
+            _TimeoutJsonSchema(),
+        ]
+        | None
+    ) = None
+    on_timeout: Literal["release", "drop"] = "release"
+    actions: Annotated[list[GateActionSpec], Field(min_length=1)] | None = None
+    on_rejected: GateFollowUpSpec | None = None
+    on_timed_out: GateFollowUpSpec | None = None
