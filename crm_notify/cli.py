@@ -417,11 +417,16 @@ def rules_test(ctx: _Context, path: Path | None) -> None:
 
 
 @rules.command("schema")
-def rules_schema() -> None:
+@click.option(
+    "--project", is_flag=True, help="The schema of the project file (_project.yaml) instead."
+)
+def rules_schema(project: bool) -> None:
     """Print the JSON Schema of rule files (for editor validation)."""
+    from crm_notify.rules import project_file_json_schema
     from crm_notify.rules.loader import rule_file_json_schema
 
-    click.echo(json.dumps(rule_file_json_schema(), indent=2))
+    schema = project_file_json_schema() if project else rule_file_json_schema()
+    click.echo(json.dumps(schema, indent=2))
 
 
 @rules.command("list")

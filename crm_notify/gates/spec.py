@@ -22,6 +22,11 @@
       on_timed_out: {template: cart_later}    # optional, with on_timeout: drop: send this
                                               #   template to the dropped items
 
+A rule may also write ``gate: false``: no gate, not even the project's. The project's gate
+(``gate:`` in ``_project.yaml``, the same format with ``url`` required) applies to every rule; a
+rule's own ``gate:`` is merged over it (the keys it writes win, its ``actions`` follow the
+project's), so there a rule's ``url`` may be left out.
+
 What the values mean and how they are checked is in :mod:`crm_notify.rules._gate`.
 
 This module imports nothing from :mod:`crm_notify.rules` at import time: the rule model imports
@@ -40,6 +45,7 @@ from pydantic import (
     ConfigDict,
     Field,
     GetJsonSchemaHandler,
+    PlainValidator,
 )
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError
@@ -142,21 +148,24 @@ class GateFollowUpSpec(_Spec):
 
 
 class GateSpec(_Spec):
-    """``gate``: hold the rule's sends until an outside system approves them."""
+    """``gate``: hold the rule's sends until an outside system approves them.
+
+    ``url`` is required unless the project has a gate (the loader checks it): a rule's gate is
+    merged over the project's, so there it may give only the keys it changes. ``None`` for a
+    key means not written (``model_fields_set`` tells a written ``null`` apart).
+    """
 
     model_config = ConfigDict(
         title="Gate",
         json_schema_extra={
+            # on_timeout may come from the project's gate, so it is not required here
             "dependentSchemas": {
-                "on_timed_out": {
-                    "properties": {"on_timeout": {"const": "drop"}},
-                    "required": ["on_timeout"],
-                }
+                "on_timed_out": {"properties": {"on_timeout": {"const": "drop"}}},
             }
         },
     )
 
-    url: Annotated[str, Field(min_length=1, max_length=MAX_URL_CHARS)]
+    url: Annotated[str, Field(min_length=1, max_length=MAX_URL_CHARS)] | None = None
     auth: GateAuthSpec | None = None
     secret: Annotated[str, Field(min_length=1)] | None = None
     timeout: (
@@ -172,3 +181,45 @@ class GateSpec(_Spec):
     actions: Annotated[list[GateActionSpec], Field(min_length=1)] | None = None
     on_rejected: GateFollowUpSpec | None = None
     on_timed_out: GateFollowUpSpec | None = None
+
+
+class ProjectGateSpec(GateSpec):
+    """``gate`` of ``_project.yaml``: the gate of every rule, which their own ``gate:`` extends."""
+
+    model_config = ConfigDict(
+        title="ProjectGate",
+        json_schema_extra={
+            "dependentSchemas": {
+                "on_timed_out": {
+                    "properties": {"on_timeout": {"const": "drop"}},
+                    "required": ["on_timeout"],
+                }
+            }
+        },
+    )
+
+    url: Annotated[str, Field(min_length=1, max_length=MAX_URL_CHARS)]
+
+
+def _gate_or_off(value: Any) -> GateSpec | Literal[False] | None:
+    """Pydantic plain validator of a rule's ``gate:``: a gate mapping, ``false``, or nothing.
+
+    A plain validator rather than a union, so the problems inside a gate keep their own place
+    (``gate.url``, not ``gate.GateSpec.url``).
+    """
+    if value is None or value is False:
+        return value
+    if not isinstance(value, dict | GateSpec):
+        raise PydanticCustomError(
+            "gate_type",
+            "should be a mapping (the gate), or false (no gate, not even the project's)",
+        )
+    return GateSpec.model_validate(value)
+
+
+#: A rule's ``gate:``: its gate (merged over the project's), ``False`` (no gate, not even the
+#: project's), or ``None`` (not written: the project's gate, if any).
+RuleGateField = Annotated[
+    GateSpec | Literal[False] | None,
+    PlainValidator(_gate_or_off, json_schema_input_type=GateSpec | Literal[False] | None),
+]

@@ -1,5 +1,6 @@
 """Rules: YAML rule files -> validated, compiled rules, indexed by trigger."""
 
+from crm_notify.rules._project import PROJECT_FILE_NAMES, project_file_json_schema
 from crm_notify.rules.conditions import CONDITION_VARIABLES, Condition, compile_condition
 from crm_notify.rules.durations import InvalidDurationError, format_duration, parse_duration
 from crm_notify.rules.engine import RuleSet
@@ -24,6 +25,7 @@ __all__ = [
     "CART_ACTIVITY_EVENTS",
     "CONDITION_VARIABLES",
     "DEFAULT_DEDUPE_WINDOW",
+    "PROJECT_FILE_NAMES",
     "Condition",
     "EventTrigger",
     "IdentifyTrigger",
@@ -41,6 +43,7 @@ __all__ = [
     "load_rule_file",
     "load_rules",
     "parse_duration",
+    "project_file_json_schema",
     "rule_file_json_schema",
     "rule_files",
 ]

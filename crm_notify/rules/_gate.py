@@ -1,5 +1,5 @@
 """A rule's ``gate:`` -> a checked :class:`~crm_notify.gates.model.GateConfig`, each problem at
-its line.
+its line; merged over the project's gate (:class:`BaseGate`) when there is one.
 
 What the schema (:mod:`crm_notify.gates.spec`) cannot say is checked here, so a gate that loads
 never fails for a reason the file holds: the URL (https, or http to loopback only; no
@@ -9,6 +9,12 @@ references only), the ``secret`` reference, the action ids (unique) and values (
 follow-up templates exist, ``on_timed_out`` only with ``on_timeout: drop``, and, when the
 environment is given, that every referenced variable is set and the secret is a valid
 ``whsec_`` secret.
+
+Merging over the project's gate: each key the rule writes wins (``null`` included: ``auth: null``
+means no credentials, ``on_rejected: null`` no follow-up; for ``url`` and ``timeout``, which
+always have a value, ``null`` is the same as leaving the key out), the others come from the
+project, and ``actions`` are the project's followed by the rule's, their ids unique across both.
+Only the keys the rule writes are checked here; the project's were checked with its file.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from crm_notify._net import is_loopback_host
@@ -25,7 +32,7 @@ from crm_notify.actions.env import ENV_REFERENCE, MissingVariableError, expand, 
 from crm_notify.actions.signing import SigningSecret
 from crm_notify.errors import RuleFileError
 from crm_notify.gates.model import DEFAULT_GATE_TIMEOUT, GateAuth, GateConfig, OnTimeout
-from crm_notify.gates.spec import GateActionSpec, GateAuthSpec, GateSpec
+from crm_notify.gates.spec import GateActionSpec, GateAuthSpec, GateFollowUpSpec, GateSpec
 from crm_notify.rules._actions import RESERVED_HEADERS
 from crm_notify.rules._compile import TemplateExists
 from crm_notify.rules._validation_errors import dotted
@@ -37,6 +44,24 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _SECRET_REFERENCE = re.compile(r"^\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}$")
 _ENV_HINT = "set it in the service's environment; the value stays out of the rule file"
 _AUTH_HINT = "write auth: {basic: ${USER}:${PASSWORD}} or auth: {header: X-Token, token: ${TOKEN}}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BaseGate:
+    """The project's gate, which every rule's ``gate:`` is merged over.
+
+    Parameters:
+        config: the compiled gate; ``None`` when the project file has problems (they are
+            reported with that file, and rules are then checked without it).
+        path: the project file.
+        action_lines: the line of each project action's ``id``.
+        on_timed_out_line: the line of the project's ``on_timed_out`` (0: none).
+    """
+
+    config: GateConfig | None
+    path: Path
+    action_lines: Mapping[str, int] = field(default_factory=dict)
+    on_timed_out_line: int = 0
 
 
 class _Problems:
@@ -68,18 +93,20 @@ class _Problems:
 
 
 def compile_gate(
-    spec: GateSpec | None,
+    spec: GateSpec | Literal[False] | None,
     key: NodePath,
     *,
     document: YamlDocument,
     path: Path,
     environ: Mapping[str, str] | None,
     template_exists: TemplateExists | None,
+    base: BaseGate | None = None,
 ) -> tuple[GateConfig | None, list[RuleFileError]]:
-    """Check and compile a ``gate:``.
+    """Check and compile a ``gate:``, merged over the project's gate when there is one.
 
     Parameters:
-        spec: the validated gate, or ``None`` (no gate).
+        spec: the validated gate; ``None`` (not written: the project's gate, if any), or
+            ``False`` (no gate, not even the project's).
         key: the path of the ``gate`` key in the document (``("gate",)``, ``("rules", i,
             "gate")``).
         document: the file's data and line map.
@@ -88,24 +115,57 @@ def compile_gate(
             check that they are set and that the secret is valid (``rules test`` and other
             tools without the secrets).
         template_exists: when given, called with the follow-up templates.
+        base: the project's gate (``None``: the project has none).
 
     Returns:
         The gate (``None`` when there is none, or on a problem), and the problems.
     """
-    if spec is None:
+    if spec is False:
         return None, []
+    inherited = base.config if base is not None else None
+    if spec is None:
+        return inherited, []
     problems = _Problems(document, path, environ)
-    _check_url(spec.url, (*key, "url"), problems)
-    auth = _compile_auth(spec.auth, (*key, "auth"), problems) if spec.auth else None
-    secret_variable = _check_secret(spec.secret, (*key, "secret"), problems)
-    actions = _compile_actions(spec.actions or [], (*key, "actions"), problems)
-    on_timeout = OnTimeout(spec.on_timeout)
+    written = spec.model_fields_set
+    # A project file with problems: they are reported with it; check only what the rule writes
+    project_unknown = base is not None and inherited is None
+    url = spec.url
+    if url is not None:
+        _check_url(url, (*key, "url"), problems)
+    elif inherited is not None:
+        url = inherited.url
+    elif not project_unknown:
+        problems.add(key, f"missing required key 'url' in '{dotted(key)}'")
+    if "auth" in written or inherited is None:
+        auth = _compile_auth(spec.auth, (*key, "auth"), problems) if spec.auth else None
+    else:
+        auth = inherited.auth
+    if "secret" in written or inherited is None:
+        secret_variable = _check_secret(spec.secret, (*key, "secret"), problems)
+    else:
+        secret_variable = inherited.secret_variable
+    actions = _compile_actions(spec.actions or [], (*key, "actions"), problems, base)
+    if inherited is not None:
+        actions = inherited.actions + actions
+        timeout = spec.timeout or inherited.timeout
+    else:
+        timeout = spec.timeout or DEFAULT_GATE_TIMEOUT
+    if "on_timeout" in written or inherited is None:
+        on_timeout = OnTimeout(spec.on_timeout)
+    else:
+        on_timeout = inherited.on_timeout
+    follow_ups: dict[str, str | None] = {}
     for follow_up in ("on_rejected", "on_timed_out"):
-        chosen = getattr(spec, follow_up)
+        if follow_up not in written and inherited is not None:
+            follow_ups[follow_up] = getattr(inherited, follow_up)
+            continue
+        chosen: GateFollowUpSpec | None = getattr(spec, follow_up)
+        follow_ups[follow_up] = chosen.template if chosen else None
         if chosen is None:
             continue
         where = (*key, follow_up)
-        if follow_up == "on_timed_out" and on_timeout is not OnTimeout.DROP:
+        drop_unknown = project_unknown and "on_timeout" not in written
+        if follow_up == "on_timed_out" and on_timeout is not OnTimeout.DROP and not drop_unknown:
             problems.add(
                 where,
                 f"'{dotted(where)}' is only used with 'on_timeout: drop'",
@@ -118,17 +178,27 @@ def compile_gate(
                 f"template '{chosen.template}' does not exist",
                 f"create templates/{chosen.template}/ or fix the name",
             )
-    if problems.found:
+    inherited_timed_out = "on_timed_out" not in written and follow_ups["on_timed_out"]
+    if inherited_timed_out and on_timeout is not OnTimeout.DROP:
+        assert base is not None  # the project's own file allows on_timed_out only with drop
+        problems.add(
+            (*key, "on_timeout"),
+            f"'{dotted((*key, 'on_timeout'))}: {on_timeout}' leaves the project's "
+            f"'on_timed_out' ({base.path}:{base.on_timed_out_line}) unused",
+            "with release, timed-out sends go out as they are; add 'on_timed_out: null' "
+            "here, or keep 'on_timeout: drop'",
+        )
+    if problems.found or url is None:
         return None, problems.found
     return GateConfig(
-        url=spec.url,
+        url=url,
         auth=auth,
         secret_variable=secret_variable,
-        timeout=spec.timeout or DEFAULT_GATE_TIMEOUT,
+        timeout=timeout,
         on_timeout=on_timeout,
         actions=actions,
-        on_rejected=spec.on_rejected.template if spec.on_rejected else None,
-        on_timed_out=spec.on_timed_out.template if spec.on_timed_out else None,
+        on_rejected=follow_ups["on_rejected"],
+        on_timed_out=follow_ups["on_timed_out"],
         source_path=path,
         source_line=document.line_for(key) or 0,
     ), []
@@ -279,13 +349,21 @@ def _check_secret(secret: str | None, key: NodePath, problems: _Problems) -> str
 
 
 def _compile_actions(
-    specs: list[GateActionSpec], key: NodePath, problems: _Problems
+    specs: list[GateActionSpec], key: NodePath, problems: _Problems, project: BaseGate | None
 ) -> tuple[dict[str, Any], ...]:
     actions = []
     seen: dict[str, NodePath] = {}
     for index, spec in enumerate(specs):
         base = (*key, index)
-        if spec.id in seen:
+        if project is not None and spec.id in project.action_lines:
+            problems.add(
+                (*base, "id"),
+                f"action id '{spec.id}' is already used by the project's gate "
+                f"({project.path}:{project.action_lines[spec.id]})",
+                "the rule's actions extend the project's, and action ids must be unique "
+                "within a gate: use another id",
+            )
+        elif spec.id in seen:
             problems.add(
                 (*base, "id"),
                 f"action id '{spec.id}' is already used by '{dotted(seen[spec.id])}'",

@@ -137,13 +137,18 @@ def _allowed_keys(model: type[BaseModel], loc: NodePath) -> list[str]:
 
 
 def _unwrap(annotation: Any) -> Any:
-    """Strip ``Annotated`` and ``| None`` from a type annotation."""
+    """Strip ``Annotated``, ``| None`` and literals (``| Literal[False]``, which have no keys)
+    from a type annotation."""
     while True:
         origin = typing.get_origin(annotation)
         if origin is typing.Annotated:
             annotation = typing.get_args(annotation)[0]
         elif origin in (typing.Union, types.UnionType):
-            others = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+            others = [
+                arg
+                for arg in typing.get_args(annotation)
+                if arg is not type(None) and typing.get_origin(arg) is not typing.Literal
+            ]
             if len(others) != 1:
                 return annotation
             annotation = others[0]

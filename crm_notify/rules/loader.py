@@ -2,6 +2,8 @@
 
 ``load_rules`` runs at start-up and stops at the first bad file; ``lint_rules`` runs the same
 checks but collects every problem; ``rule_file_json_schema`` describes the format for editors.
+The project file (``_project.yaml`` at the top of the rules directory, see
+:mod:`crm_notify.rules._project`) is read first: its gate is merged into every rule's.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from crm_notify.rules._compile import (
     guard_field_problems,
     purpose_problems,
 )
-from crm_notify.rules._gate import compile_gate
+from crm_notify.rules._gate import BaseGate, compile_gate
+from crm_notify.rules._project import is_project_file, load_project
 from crm_notify.rules._validation_errors import describe, validation_problems
 from crm_notify.rules.engine import RuleSet
 from crm_notify.rules.model import BUILTIN_PURPOSES, Limit, Rule, RulesFileSpec, RuleSpec
@@ -73,14 +76,18 @@ def load_rule_file(
         environ: the environment webhook actions' ``${NAME}`` references are read from, to
             check that each is set (``None``: not checked).
 
+    The project file in the same folder (``_project.yaml``), if any, applies.
+
     Raises:
-        RuleFileError: the first problem in the file (a note counts the others).
+        RuleFileError: the first problem in the project file, else in the file (a note counts
+            the others).
 
     Returns:
         The file's rules, in file order.
     """
     environment = environment or BoundedSandboxEnvironment()
-    rules, problems = _load_file(path, environment, template_exists, purposes, environ)
+    base = _project_gate(path, template_exists, environ)
+    rules, problems = _load_file(path, environment, template_exists, purposes, environ, base)
     seen: dict[str, Rule] = {}
     problems += _duplicate_names(rules, seen)
     _raise_first(problems)
@@ -105,8 +112,12 @@ def load_rules(
         environ: the environment webhook actions' ``${NAME}`` references are read from, to
             check that each is set and that secrets are valid (``None``: not checked).
 
+    The project file (``_project.yaml`` in the directory, or next to the single file) is read
+    first; its gate is merged into every rule's.
+
     Raises:
-        RuleFileError: the first problem found: in a file, or a rule name used twice.
+        RuleFileError: the first problem found: in the project file, in a rule file, or a rule
+            name used twice.
 
     Returns:
         The indexed rules.
@@ -114,8 +125,9 @@ def load_rules(
     environment = BoundedSandboxEnvironment()
     rules: list[Rule] = []
     seen: dict[str, Rule] = {}
+    base = _project_gate(rules_dir_or_file, template_exists, environ)
     for path in rule_files(rules_dir_or_file):
-        loaded, problems = _load_file(path, environment, template_exists, purposes, environ)
+        loaded, problems = _load_file(path, environment, template_exists, purposes, environ, base)
         problems += _duplicate_names(loaded, seen)
         _raise_first(problems)
         rules += loaded
@@ -140,17 +152,19 @@ def lint_rules(
             (``None``: not checked).
 
     Returns:
-        The problems, by file then line; empty when all is well.
+        The problems, by file then line (the project file's first); empty when all is well.
     """
     try:
         paths = rule_files(path)
     except RuleFileError as exc:
         return [exc]
     environment = BoundedSandboxEnvironment()
-    problems: list[RuleFileError] = []
+    project, problems = load_project(path, environ=environ, template_exists=template_exists)
     seen: dict[str, Rule] = {}
     for file in paths:
-        loaded, file_problems = _load_file(file, environment, template_exists, purposes, environ)
+        loaded, file_problems = _load_file(
+            file, environment, template_exists, purposes, environ, project.gate
+        )
         file_problems += _duplicate_names(loaded, seen)
         problems += sorted(file_problems, key=lambda err: err.line or 0)
     return problems
@@ -160,7 +174,8 @@ def rule_files(path: Path) -> list[Path]:
     """Return the rule files at ``path``: itself if a file, else its YAML files, recursively.
 
     Hidden files and directories (a name starting with ``.``) are skipped, and so are rule test
-    files (``*.test.yaml``, ``*.test.yml``; see :mod:`crm_notify.rules.testing`).
+    files (``*.test.yaml``, ``*.test.yml``; see :mod:`crm_notify.rules.testing`) and the project
+    file at the top (``_project.yaml``; given as ``path``, there are no rule files).
 
     Parameters:
         path: a file or directory.
@@ -172,7 +187,7 @@ def rule_files(path: Path) -> list[Path]:
         The files, sorted by path.
     """
     if path.is_file():
-        return [path]
+        return [] if is_project_file(path) else [path]
     if not path.is_dir():
         raise RuleFileError(path, None, "no such rule file or directory")
     found = (
@@ -180,6 +195,7 @@ def rule_files(path: Path) -> list[Path]:
         for file in path.rglob("*")
         if file.suffix in RULE_FILE_SUFFIXES
         and not is_rule_test_file(file)
+        and not (file.parent == path and is_project_file(file))
         and file.is_file()
         and not any(part.startswith(".") for part in file.relative_to(path).parts)
     )
@@ -199,6 +215,15 @@ def rule_file_json_schema() -> dict[str, Any]:
         "description": "One rule (a mapping with 'name'), or several under 'rules:'.",
         **schema,
     }
+
+
+def _project_gate(
+    path: Path, template_exists: TemplateExists | None, environ: Mapping[str, str] | None
+) -> BaseGate | None:
+    """The project's gate for the rules at ``path``; raises its first problem, if any."""
+    project, problems = load_project(path, environ=environ, template_exists=template_exists)
+    _raise_first(problems)
+    return project.gate
 
 
 def _raise_first(problems: list[RuleFileError]) -> None:
@@ -235,8 +260,13 @@ def _load_file(
     template_exists: TemplateExists | None,
     purposes: Sequence[str],
     environ: Mapping[str, str] | None = None,
+    base: BaseGate | None = None,
 ) -> tuple[list[Rule], list[RuleFileError]]:
     """Return the valid rules of one file and the problems found in it."""
+    if is_project_file(path):
+        hint = "only the one at the top of the rules directory is read: move it there"
+        message = f"'{path.name}' is a project file, not a rule file"
+        return [], [RuleFileError(path, None, message, hint)]
     try:
         document = read_yaml_file(path)
     except RuleFileError as exc:
@@ -289,6 +319,7 @@ def _load_file(
             path=path,
             environ=environ,
             template_exists=template_exists,
+            base=base,
         )
         rule_problems += step_problems + exit_problems + action_problems + gate_problems
         problems += rule_problems

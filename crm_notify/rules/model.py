@@ -42,6 +42,7 @@ list of such mappings). Fields::
       url: https://loyalty.example/crm-gate
       auth: {header: X-Gate-Token, token: "${GATE_TOKEN}"}
       timeout: 1h                  # default 1h, at most 7d; on_timeout: release (default) | drop
+                                   # merged over the project's gate (_project.yaml); gate: false = none
 
 Files are read as YAML 1.2: ``on``, ``yes`` and ``NO`` are strings, only ``true``/``false`` are
 booleans. Values are not coerced: ``enabled: "yes"`` or ``event: 42`` is an error (quote it).
@@ -77,7 +78,7 @@ from pydantic_core import PydanticCustomError
 
 from crm_notify.actions.spec import WebhookActionSpec
 from crm_notify.errors import ConditionError, RenderError
-from crm_notify.gates.spec import GateSpec
+from crm_notify.gates.spec import RuleGateField
 from crm_notify.rules.durations import (
     DURATION_JSON_PATTERN,
     InvalidDurationError,
@@ -634,7 +635,7 @@ class RuleSpec(_Spec):
     quiet_hours: _QuietHours | None = None
     dedupe_key: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
     actions: Annotated[list[WebhookActionSpec], Field(min_length=1)] | None = None
-    gate: GateSpec | None = None
+    gate: RuleGateField = None
 
 
 class RulesFileSpec(_Spec):
