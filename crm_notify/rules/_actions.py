@@ -13,16 +13,15 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from crm_notify._net import is_loopback_host
 from crm_notify.actions.body import compile_body
-from crm_notify.actions.env import ENV_REFERENCE, referenced_variables
+from crm_notify.actions.env import referenced_variables
 from crm_notify.actions.model import BODY_VARIABLES, WebhookAction
 from crm_notify.actions.signing import SigningSecret
 from crm_notify.actions.spec import WebhookActionSpec
 from crm_notify.errors import RuleFileError
 from crm_notify.render.sandbox import BoundedSandboxEnvironment
+from crm_notify.rules._urls import static_url_problem
 from crm_notify.rules._validation_errors import dotted
 from crm_notify.rules.model import OverLimit, RuleSpec
 from crm_notify.rules.yaml_source import NodePath, YamlDocument
@@ -170,51 +169,18 @@ def _compile_one(
 
 
 def _check_url(url: str, key: NodePath, checker: _Checker) -> None:
-    if any(marker in url for marker in ("{{", "{%")):
-        checker.problem(
-            key,
+    problem = static_url_problem(
+        url,
+        template_problem=(
             "the URL is static: templates are not allowed in it",
             "put event data in the body; ${NAME} reads an environment variable in the query",
-        )
-        return
-    query_start = url.find("?")
-    for match in ENV_REFERENCE.finditer(url):
-        if match["name"] and (query_start < 0 or match.start() < query_start):
-            checker.problem(
-                key,
-                f"${{{match['name']}}} may only be used in the URL's query string",
-                "the scheme, host and path are static",
-            )
-            return
-    if not checker.variables(key, url, "the URL"):
-        return
-    parts = urlsplit(ENV_REFERENCE.sub("x", url))
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        shown = f"'{parts.scheme}'" if parts.scheme else "none"
-        checker.problem(key, f"unsupported URL scheme {shown}", "use https://")
-        return
-    try:
-        parts.port  # noqa: B018 - urlsplit checks the port lazily
-    except ValueError as exc:
-        checker.problem(key, f"invalid port in the URL: {exc}")
-        return
-    if not parts.hostname:
-        checker.problem(key, "the URL has no host", "e.g. https://hooks.example.com/path")
-    elif parts.username is not None or parts.password is not None:
-        checker.problem(
-            key,
-            "credentials in the URL are not allowed",
-            "send them in a header, e.g. Authorization: Bearer ${API_TOKEN}",
-        )
-    elif parts.fragment:
-        checker.problem(key, "a URL fragment (#...) is never sent", "remove it")
-    elif scheme == "http" and not is_loopback_host(parts.hostname):
-        checker.problem(
-            key,
-            f"plain http:// is allowed only to loopback addresses, not '{parts.hostname}'",
-            "use https://",
-        )
+        ),
+        host_example="https://hooks.example.com/path",
+        credentials_hint="send them in a header, e.g. Authorization: Bearer ${API_TOKEN}",
+        check_variables=lambda text: checker.variables(key, text, "the URL"),
+    )
+    if problem is not None:
+        checker.problem(key, *problem)
 
 
 def _check_headers(

@@ -25,16 +25,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
-from crm_notify._net import is_loopback_host
-from crm_notify.actions.env import ENV_REFERENCE, MissingVariableError, expand, referenced_variables
+from crm_notify.actions.env import MissingVariableError, expand, referenced_variables
 from crm_notify.actions.signing import SigningSecret
 from crm_notify.errors import RuleFileError
 from crm_notify.gates.model import DEFAULT_GATE_TIMEOUT, GateAuth, GateConfig, OnTimeout
 from crm_notify.gates.spec import GateActionSpec, GateAuthSpec, GateFollowUpSpec, GateSpec
 from crm_notify.rules._actions import RESERVED_HEADERS
 from crm_notify.rules._compile import TemplateExists
+from crm_notify.rules._urls import static_url_problem
 from crm_notify.rules._validation_errors import dotted
 from crm_notify.rules.yaml_source import NodePath, YamlDocument
 
@@ -205,50 +204,18 @@ def compile_gate(
 
 
 def _check_url(url: str, key: NodePath, problems: _Problems) -> None:
-    if any(marker in url for marker in ("{{", "{%")):
-        problems.add(
-            key,
+    problem = static_url_problem(
+        url,
+        template_problem=(
             "the gate URL is static: templates are not allowed in it",
             "${NAME} reads an environment variable in the query string",
-        )
-        return
-    if any(char.isspace() or not char.isprintable() for char in url):
-        problems.add(key, "the URL contains white space or a control character", "encode it")
-        return
-    query_start = url.find("?")
-    for match in ENV_REFERENCE.finditer(url):
-        if match["name"] and (query_start < 0 or match.start() < query_start):
-            problems.add(
-                key,
-                f"${{{match['name']}}} may only be used in the URL's query string",
-                "the scheme, host and path are static",
-            )
-            return
-    if not problems.variables(key, url, "the URL"):
-        return
-    parts = urlsplit(ENV_REFERENCE.sub("x", url))
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        shown = f"'{parts.scheme}'" if parts.scheme else "none"
-        problems.add(key, f"unsupported URL scheme {shown}", "use https://")
-        return
-    try:
-        parts.port  # noqa: B018 - urlsplit checks the port lazily
-    except ValueError as exc:
-        problems.add(key, f"invalid port in the URL: {exc}")
-        return
-    if not parts.hostname:
-        problems.add(key, "the URL has no host", "e.g. https://crm-gate.example.com/path")
-    elif parts.username is not None or parts.password is not None:
-        problems.add(key, "credentials in the URL are not allowed", _AUTH_HINT)
-    elif parts.fragment:
-        problems.add(key, "a URL fragment (#...) is never sent", "remove it")
-    elif scheme == "http" and not is_loopback_host(parts.hostname):
-        problems.add(
-            key,
-            f"plain http:// is allowed only to loopback addresses, not '{parts.hostname}'",
-            "use https://",
-        )
+        ),
+        host_example="https://crm-gate.example.com/path",
+        credentials_hint=_AUTH_HINT,
+        check_variables=lambda text: problems.variables(key, text, "the URL"),
+    )
+    if problem is not None:
+        problems.add(key, *problem)
 
 
 def _compile_auth(spec: GateAuthSpec, key: NodePath, problems: _Problems) -> GateAuth | None:
