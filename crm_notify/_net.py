@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
+
+import httpx
 
 
 def is_loopback_host(host: str) -> bool:
@@ -14,3 +17,21 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+class HideQueryFilter(logging.Filter):
+    """Takes the query string (it may carry credentials: ``?key=${NAME}``) out of the
+    ``HTTP Request: METHOD URL ...`` lines httpx logs at INFO for every request."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) > 1 and isinstance(args[1], httpx.URL):
+            record.args = (args[0], args[1].copy_with(query=None, fragment=None), *args[2:])
+        return True
+
+
+def hide_logged_queries() -> None:
+    """Put :class:`HideQueryFilter` on httpx's logger (once)."""
+    httpx_logger = logging.getLogger("httpx")
+    if not any(isinstance(f, HideQueryFilter) for f in httpx_logger.filters):
+        httpx_logger.addFilter(HideQueryFilter())

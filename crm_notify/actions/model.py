@@ -13,9 +13,10 @@ from crm_notify.actions.signing import SigningSecret
 
 #: ``Notification.channel`` of a webhook action.
 WEBHOOK_CHANNEL = "webhook"
-#: Variables a webhook body may read: the condition variables and ``webhook`` (its ``id``,
-#: ``rule`` and ``action``).
-BODY_VARIABLES = frozenset({"event", "contact", "order", "cart", "webhook"})
+#: Variables a webhook body may read: the condition variables, ``webhook`` (its ``id``,
+#: ``rule`` and ``action``) and ``gate`` (what a send gate's integration attached; empty
+#: without a gate).
+BODY_VARIABLES = frozenset({"event", "contact", "order", "cart", "webhook", "gate"})
 #: Length of ``Notification.to_address``.
 TARGET_CHARS = 320
 

@@ -73,7 +73,9 @@ def preview_request(
     """
     message_id = new_message_id()
     try:
-        body = render_body(action, rule=rule, context=context, message_id=message_id)
+        body = render_body(
+            action, rule=rule, context={"gate": {}, **context}, message_id=message_id
+        )
         request = sender.request_for(action, notification_id=0, body=body, message_id=message_id)
         built = sender.http_request(request, timestamp=int(now().timestamp()))
     except (RenderError, LookupError, ValueError, httpx.InvalidURL) as exc:

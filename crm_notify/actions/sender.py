@@ -36,6 +36,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col
 
+from crm_notify._net import hide_logged_queries
 from crm_notify.actions.body import CONTENT_TYPES
 from crm_notify.actions.model import WebhookAction
 from crm_notify.actions.signing import SigningSecret, new_message_id, signature_headers
@@ -108,6 +109,7 @@ class WebhookActionSender:
         self._rules = rules
         self._environ = environ
         self._default_secret = default_secret
+        hide_logged_queries()  # an action's query string may carry a ${NAME} credential
         self._client = httpx.Client(
             timeout=httpx.Timeout(timeout_s),
             transport=transport,
@@ -207,6 +209,12 @@ class WebhookActionSender:
             raise EspTransientError(SENDER_NAME, f"network error: {exc}") from exc
         except httpx.InvalidURL as exc:
             raise EspPermanentError(SENDER_NAME, f"invalid URL: {exc}") from exc
+        except httpx.RequestError as exc:  # e.g. an answer whose encoding cannot be decoded
+            raise EspTransientError(SENDER_NAME, f"{type(exc).__name__}: {exc}") from exc
+        except UnicodeEncodeError as exc:  # a header value (from ${NAME}) that is not ASCII
+            raise EspPermanentError(
+                SENDER_NAME, "a header value is not ASCII text (check its ${NAME} value)"
+            ) from exc
         return _classify(response)
 
     def http_request(self, request: WebhookRequest, *, timestamp: int) -> httpx.Request:
@@ -270,7 +278,9 @@ class WebhookActionSender:
         message_id, text = row.message_id, row.message
         if text is None or message_id is None:
             message_id = new_message_id()
-            text = render_body(action, rule=row.rule, context=row.context, message_id=message_id)
+            # ``gate``: what a send gate's integration attached on release (empty without one)
+            context = {**row.context, "gate": row.gate_data or {}}
+            text = render_body(action, rule=row.rule, context=context, message_id=message_id)
             session.execute(
                 sa.update(Notification)
                 .where(col(Notification.id) == row.id)

@@ -71,7 +71,11 @@ def make_router(
     router = APIRouter(prefix=GATES_PATH, tags=["gates"])
 
     def check(request: Request, public_id: str, action: GateAction, item: str | None) -> int | None:
-        item_id = int(item) if item is not None and item.isdigit() and len(item) < 19 else None
+        item_id = (
+            int(item)
+            if item is not None and item.isascii() and item.isdigit() and len(item) < 19
+            else None
+        )
         if item is not None and item_id is None:
             raise ApiProblem(404, "not_found", "no such item in this gate")
         token = request.query_params.get("token")
@@ -210,7 +214,7 @@ async def _read_body(request: Request) -> bytes:
         ApiProblem: 413 a larger body.
     """
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise ApiProblem(413, "payload_too_large", f"body larger than {MAX_BODY_BYTES} bytes")
     chunks: list[bytes] = []
     size = 0
@@ -261,7 +265,7 @@ def _items_data(body: bytes) -> dict[int, dict[str, Any]]:
             raise ApiProblem(422, "invalid_request", f"{where}: must be an object", where)
         raw = entry.get("id")
         text = str(raw) if isinstance(raw, (str, int)) and not isinstance(raw, bool) else ""
-        if not text.isdigit() or len(text) > 18:
+        if not (text.isascii() and text.isdigit()) or len(text) > 18:
             message = f"{where}.id: must be an item id as given in the items"
             raise ApiProblem(422, "invalid_request", message, f"{where}.id")
         value = entry.get("data", {})
@@ -295,7 +299,7 @@ def _int_param(request: Request, name: str, default: int | None, low: int, high:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise ApiProblem(
             422, "invalid_request", f"{name}: must be a whole number from {low} to {high}", name
         )

@@ -35,6 +35,7 @@ import httpx
 import sqlalchemy as sa
 from sqlmodel import Session, col
 
+from crm_notify._net import hide_logged_queries
 from crm_notify.actions.env import expand
 from crm_notify.actions.signing import MESSAGE_ID_PREFIX, SigningSecret, signature_headers
 from crm_notify.clock import now
@@ -60,24 +61,6 @@ FIRST_RETRY_DELAY = timedelta(seconds=15)
 MAX_RETRY_DELAY = timedelta(minutes=15)
 #: ``User-Agent`` of every request.
 USER_AGENT = "crm-notify"
-
-
-class HideQueryFilter(logging.Filter):
-    """Takes the query string (it may carry credentials: ``?key=${NAME}``) out of the
-    ``HTTP Request: METHOD URL ...`` lines httpx logs at INFO for every request."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if isinstance(args, tuple) and len(args) > 1 and isinstance(args[1], httpx.URL):
-            record.args = (args[0], args[1].copy_with(query=None, fragment=None), *args[2:])
-        return True
-
-
-def hide_logged_queries() -> None:
-    """Put :class:`HideQueryFilter` on httpx's logger (once)."""
-    httpx_logger = logging.getLogger("httpx")
-    if not any(isinstance(f, HideQueryFilter) for f in httpx_logger.filters):
-        httpx_logger.addFilter(HideQueryFilter())
 
 
 class AttemptOutcome(enum.StrEnum):
@@ -266,6 +249,10 @@ class GateNotifier:
             )
         except httpx.InvalidURL:
             attempt = GateAttempt(AttemptOutcome.FAILED, error="invalid URL")
+        except httpx.RequestError as exc:  # e.g. an answer whose encoding cannot be decoded
+            attempt = GateAttempt(AttemptOutcome.RETRY, error=f"{type(exc).__name__}")
+        except UnicodeEncodeError:  # a header value (from ${NAME}) that is not ASCII
+            attempt = GateAttempt(AttemptOutcome.FAILED, error="a header value is not ASCII text")
         else:
             attempt = classify(response)
         log = logger.info if attempt.outcome is AttemptOutcome.NOTIFIED else logger.warning

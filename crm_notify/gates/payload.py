@@ -74,7 +74,9 @@ def item_json(
     return {
         "id": str(row.id),
         "contactId": row.contact_id,
-        "email": row.to_address,
+        "channel": row.channel,
+        # a webhook action's row holds its URL there, not an address
+        "email": row.to_address if row.channel == "email" else None,
         "data": jsonable(row.context),
         "cancelUri" if batch else "rejectUri": uri,
     }

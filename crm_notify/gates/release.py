@@ -21,6 +21,7 @@ templates are e-mail templates).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -28,6 +29,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
+from crm_notify.actions.rows import firing_key
 from crm_notify.clock import now
 from crm_notify.db import insert_rows, new_row
 from crm_notify.errors import GateClosedError
@@ -40,6 +42,8 @@ from crm_notify.outbox.models import (
     NotificationStatusChange,
 )
 from crm_notify.outbox.repository import PlannedDecision, write_decisions
+
+logger = logging.getLogger(__name__)
 
 #: The notification table, for statements that need no ORM bookkeeping.
 _NOTIFICATION = cast(sa.Table, sa.inspect(Notification).local_table)
@@ -116,6 +120,22 @@ def release(
     return [row.id for row in moved]
 
 
+def _same_firing(session: Session, gate: Gate, notification_id: int) -> list[int]:
+    """``notification_id`` and the other held rows of its firing (a rule's email and its
+    webhook actions): rejecting a contact rejects all that one firing would send them."""
+    rows = session.exec(
+        select(Notification.id, Notification.idempotency_key)
+        .where(col(Notification.gate_id) == gate.id)
+        .where(col(Notification.status) == NotificationStatus.GATED.value)
+    ).all()
+    keys = {row_id: key for row_id, key in rows}
+    if notification_id not in keys:
+        return [notification_id]
+    firing = firing_key(keys[notification_id])
+    siblings = [row_id for row_id, key in keys.items() if firing_key(key) == firing]
+    return sorted({notification_id, *(i for i in siblings if i is not None)})
+
+
 def cancel_item(
     session: Session, gate: Gate, notification_id: int, *, reason: str, action: str = "reject"
 ) -> CancelResult:
@@ -145,7 +165,7 @@ def cancel_item(
         to_status=NotificationStatus.CANCELLED,
         detail=f"rejected by gate {gate.public_id}: {why}",
         moment=moment,
-        ids=[notification_id],
+        ids=_same_firing(session, gate, notification_id),
     )
     if not moved:
         status = session.exec(
@@ -180,7 +200,8 @@ def cancel_item(
 def time_out(session: Session, gate: Gate) -> list[int]:
     """Apply ``gate``'s timeout policy: the gate ``timed_out``, its held items released or
     dropped (with follow-ups for ``on_timed_out``). A delivery still ``pending`` becomes
-    ``failed``. The caller decides that the deadline has passed.
+    ``failed``; when the integration was never reached, nothing is released, whatever
+    ``on_timeout`` says (they are dropped). The caller decides that the deadline has passed.
 
     Parameters:
         session: the caller's session; the gate row is locked by the caller.
@@ -195,11 +216,31 @@ def time_out(session: Session, gate: Gate) -> list[int]:
     config = gate_config_from_json(gate.config)
     moment = now()
     _close(session, gate, GateStatus.TIMED_OUT)
+    reached = gate.delivery == GateDelivery.NOTIFIED
     if gate.delivery == GateDelivery.PENDING:
         gate.delivery = GateDelivery.FAILED
         gate.next_delivery_at = None
         gate.last_error = gate.last_error or "the deadline passed before the integration answered"
         session.add(gate)
+    if not reached and config.on_timeout is OnTimeout.RELEASE:
+        # Fail closed: nobody approved these sends, not even by letting the deadline pass.
+        moved = _move(
+            session,
+            gate,
+            to_status=NotificationStatus.CANCELLED,
+            detail=f"gate {gate.public_id} timed out; the integration was never reached",
+            moment=moment,
+        )
+        _log(
+            session,
+            moved,
+            outcome=DecisionOutcome.SKIP,
+            reason="gate timed out: the integration was never reached, so nothing is released",
+            details={"gate": gate.public_id, "delivery": gate.delivery},
+            moment=moment,
+        )
+        logger.warning("gate %s timed out unreached: %d items dropped", gate.public_id, len(moved))
+        return []
     if config.on_timeout is OnTimeout.RELEASE:
         moved = _move(
             session,

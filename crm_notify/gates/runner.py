@@ -38,10 +38,12 @@ from crm_notify.gates.release import time_out
 
 logger = logging.getLogger(__name__)
 
-#: Gates claimed per transaction.
-DEFAULT_BATCH_SIZE = 50
+#: Gates claimed per transaction. Their notifications are sent one after another, each
+#: bounded by the notifier's timeouts (15 s to connect, 15 s to answer), so the batch must fit
+#: in the lease: 5 x 30 s < 5 min.
+DEFAULT_BATCH_SIZE = 5
 #: How long a claimed delivery is left to its runner before another may try it.
-DEFAULT_LEASE = timedelta(minutes=2)
+DEFAULT_LEASE = timedelta(minutes=5)
 
 
 @dataclass
@@ -88,18 +90,18 @@ class GateRunner:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def run_once(self, *, max_batches: int = 20) -> RunnerPass:
+    def run_once(self, *, max_batches: int = 100) -> RunnerPass:
         """Send the due notifications and time out the expired gates (each up to
         ``max_batches`` batches)."""
         result = RunnerPass()
-        for _ in range(max_batches):
-            claimed = self._deliver_batch(result)
-            if claimed < self._batch_size:
-                break
-        for _ in range(max_batches):
+        for _ in range(max_batches):  # deadlines first: slow endpoints must not delay them
             count = self._time_out_batch()
             result.timed_out += count
             if count < self._batch_size:
+                break
+        for _ in range(max_batches):
+            claimed = self._deliver_batch(result)
+            if claimed < self._batch_size:
                 break
         return result
 

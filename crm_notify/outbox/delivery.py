@@ -193,6 +193,10 @@ class DeliveryService:
                     return DeliveryOutcome(deliver_webhook(self._webhooks, session, row))
                 except EspTransientError as exc:  # committed: retried as an ESP's would be
                     return self._after_transient(notification_id, row.attempts, exc)
+                except Exception as exc:  # unforeseen: retried, so it ends dead-lettered
+                    logger.exception("webhook action %s failed unexpectedly", notification_id)
+                    error = EspTransientError("webhook", f"unexpected {type(exc).__name__}")
+                    return self._after_transient(notification_id, row.attempts, error)
             text, attempts, pinned = row.message, row.attempts, row.esp
             if text is None:
                 try:

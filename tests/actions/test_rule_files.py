@@ -183,7 +183,7 @@ def test_environment_is_not_checked_without_one(tmp_path: Path) -> None:
         (
             "url: https://crm.example/hook\nbody:\n  text: 'Hi {{ contcat.first_name }}'",
             "8: actions[0].body.text: unknown variable 'contcat' in 'Hi {{ contcat.first_name "
-            "}}' (a body can use cart, contact, event, order, webhook)",
+            "}}' (a body can use cart, contact, event, gate, order, webhook)",
         ),
         (
             "url: https://crm.example/hook\nbody: '{% if %}'",

@@ -421,7 +421,7 @@ def test_endpoint_answering_500_then_200_is_retried(engine: Engine) -> None:
         assert (gate.delivery, gate.delivery_attempts, gate.last_error) == ("notified", 2, None)
 
 
-def test_endpoint_answering_400_fails_and_the_timeout_decides(engine: Engine) -> None:
+def test_endpoint_answering_400_fails_and_nothing_is_released_at_the_deadline(engine: Engine) -> None:
     with freeze_time(START, tick=True) as frozen, gate_world(engine) as world:
         opened = open_gate(engine, gate_config(world.endpoint))
         world.api.respond(400, json={"error": "unknown rule"})
@@ -438,10 +438,10 @@ def test_endpoint_answering_400_fails_and_the_timeout_decides(engine: Engine) ->
         world.runner.run_once()
         assert len(world.api.requests) == 1
         assert statuses(engine, opened.items) == ["gated"] * 3
-        # And at the deadline the policy releases the items
+        # And at the deadline nothing is released: the integration never approved anything
         frozen.move_to(START + timedelta(hours=1, seconds=1))
         world.runner.run_once()
-        assert statuses(engine, opened.items) == ["pending"] * 3
+        assert statuses(engine, opened.items) == ["cancelled"] * 3
 
 
 def test_retries_stop_at_the_deadline(engine: Engine) -> None:
