@@ -16,7 +16,7 @@ from crm_notify.contacts.models import Contact
 from crm_notify.db import session_scope
 from crm_notify.events.models import Event
 from crm_notify.outbox.models import Decision
-from tests.admin.test_suppressions_api import serve
+from tests.support.servers import serve
 
 T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 

@@ -5,15 +5,12 @@ playing the integration."""
 from __future__ import annotations
 
 import secrets
-import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -32,7 +29,7 @@ from crm_notify.outbox.models import (
     NotificationStatusChange,
 )
 from tests.esp._api_server import ApiServer
-from tests.support.servers import free_port
+from tests.support.servers import free_port, serve
 
 #: The service's secret key (signs the URIs' tokens).
 KEY = b"0123456789abcdef" * 4
@@ -197,24 +194,6 @@ def follow_ups(engine: Engine, suffix: str) -> list[Notification]:
         return list(rows)
 
 
-@contextmanager
-def serve_on(app: FastAPI, port: int) -> Iterator[str]:
-    """Run ``app`` under uvicorn in a thread on ``127.0.0.1:port``; yield its base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "the test server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 @dataclass
 class GateWorld:
     """The integration (``api``), the gate routes (``base_url``), a notifier and a runner, and
@@ -251,7 +230,7 @@ def gate_world(engine: Engine, *, timeout_s: float = 3.0) -> Iterator[GateWorld]
         timeout_s=timeout_s,
     )
     runner = GateRunner(engine=engine, notifier=notifier, enqueue=enqueued.extend, interval_s=0.1)
-    with ApiServer() as api, serve_on(app, port):
+    with ApiServer() as api, serve(app, port):
         try:
             yield GateWorld(engine, api, base_url, notifier, runner, enqueued)
         finally:

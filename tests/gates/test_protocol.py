@@ -421,7 +421,9 @@ def test_endpoint_answering_500_then_200_is_retried(engine: Engine) -> None:
         assert (gate.delivery, gate.delivery_attempts, gate.last_error) == ("notified", 2, None)
 
 
-def test_endpoint_answering_400_fails_and_nothing_is_released_at_the_deadline(engine: Engine) -> None:
+def test_endpoint_answering_400_fails_and_nothing_is_released_at_the_deadline(
+    engine: Engine,
+) -> None:
     with freeze_time(START, tick=True) as frozen, gate_world(engine) as world:
         opened = open_gate(engine, gate_config(world.endpoint))
         world.api.respond(400, json={"error": "unknown rule"})

@@ -27,8 +27,8 @@ from crm_notify.outbox.models import Notification, NotificationStatus
 from crm_notify.webhooks.events import BounceKind, EventType, TrackingEvent
 from crm_notify.webhooks.ingest import record_tracking_events
 from crm_notify.webhooks.models import TrackingEventRecord
-from tests.admin.test_suppressions_api import serve
 from tests.commands.test_suppression_cli import invoke
+from tests.support.servers import serve
 
 SENT_AT = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 

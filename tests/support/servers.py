@@ -1,4 +1,5 @@
-"""Real servers on 127.0.0.1 for tests: a private Redis and an SMTP sink."""
+"""Real servers on 127.0.0.1 for tests: a private Redis, an SMTP sink, and an ASGI app under
+uvicorn in a thread."""
 
 from __future__ import annotations
 
@@ -10,13 +11,17 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from fastapi import FastAPI
 
 
 def free_port() -> int:
@@ -24,6 +29,26 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextmanager
+def serve(app: FastAPI, port: int | None = None) -> Iterator[str]:
+    """Run ``app`` under uvicorn in a thread on ``127.0.0.1:port`` (a free port by default);
+    yield its base URL."""
+    port = port or free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "the test server did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def port_open(host: str, port: int, timeout: float = 0.3) -> bool:

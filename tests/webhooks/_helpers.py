@@ -6,19 +6,13 @@ tests/webhook_cases.py does); a provider's test module subclasses it and fills t
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -28,29 +22,9 @@ from crm_notify.guards.models import ConsentRecord, Suppression
 from crm_notify.outbox.models import Notification, NotificationStatus, NotificationStatusChange
 from crm_notify.render import RenderedMessage, build_message
 from crm_notify.webhooks.models import TrackingEventRecord
-from tests.support.servers import free_port
 
 #: The kinds of event :meth:`WebhookContract.event` must be able to build.
 KINDS = ("delivered", "hard_bounce", "complaint", "unsubscribe", "unknown")
-
-
-@contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    """Run ``app`` under uvicorn in a thread on loopback; yield its base URL."""
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "the test server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @dataclass

@@ -11,7 +11,8 @@ from sqlalchemy.engine import Engine
 from crm_notify.config import Settings
 from crm_notify.webhooks.api import make_router
 from crm_notify.webhooks.registry import build_webhooks
-from tests.webhooks._helpers import WebhookServer, serve
+from tests.support.servers import serve
+from tests.webhooks._helpers import WebhookServer
 
 
 @pytest.fixture
