@@ -15,12 +15,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from crm_notify.actions.body import compile_body
-from crm_notify.actions.env import referenced_variables
 from crm_notify.actions.model import BODY_VARIABLES, WebhookAction
-from crm_notify.actions.signing import SigningSecret
 from crm_notify.actions.spec import WebhookActionSpec
 from crm_notify.errors import RuleFileError
 from crm_notify.render.sandbox import BoundedSandboxEnvironment
+from crm_notify.rules._problems import Problems
 from crm_notify.rules._urls import static_url_problem
 from crm_notify.rules._validation_errors import dotted
 from crm_notify.rules.model import OverLimit, RuleSpec
@@ -41,36 +40,6 @@ RESERVED_HEADERS = frozenset(
         "webhook-signature",
     }
 )
-#: ``secret:`` as it must be written: one reference.
-_SECRET_REFERENCE = re.compile(r"^\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}$")
-_ENV_HINT = "set it in the service's environment; the value stays out of the rule file"
-
-
-class _Checker:
-    """Collects the problems of one rule's actions."""
-
-    def __init__(
-        self, document: YamlDocument, path: Path, environ: Mapping[str, str] | None
-    ) -> None:
-        self.document = document
-        self.path = path
-        self.environ = environ
-        self.problems: list[RuleFileError] = []
-
-    def problem(self, key: NodePath, message: str, hint: str | None = None) -> None:
-        self.problems.append(RuleFileError(self.path, self.document.line_for(key), message, hint))
-
-    def variables(self, key: NodePath, text: str, what: str) -> bool:
-        """Check the ``${NAME}`` references of ``text``; whether they are all fine."""
-        try:
-            names = referenced_variables(text)
-        except ValueError as exc:
-            self.problem(key, f"{what}: {exc}")
-            return False
-        missing = [name for name in names if self.environ is not None and name not in self.environ]
-        for name in missing:
-            self.problem(key, f"{what} uses ${{{name}}}, but {name} is not set", _ENV_HINT)
-        return not missing
 
 
 def compile_actions(
@@ -98,16 +67,16 @@ def compile_actions(
     """
     if spec.actions is None:
         return (), []
-    checker = _Checker(document, path, environ)
+    checker = Problems(document, path, environ)
     key = (*prefix, "actions")
     if spec.steps is not None:
-        checker.problem(
+        checker.add(
             key,
             f"'{dotted(key)}' cannot be used with 'steps'",
             "actions go with a single-message rule (template, or actions alone, and delay)",
         )
     if spec.over_limit is OverLimit.DIGEST and spec.template is None:
-        checker.problem(
+        checker.add(
             (*prefix, "over_limit"),
             "'over_limit: digest' collects sends into one email, and this rule sends none",
             "use drop or defer for a rule with only actions",
@@ -118,7 +87,7 @@ def compile_actions(
         base = (*key, index)
         name = action.name or f"webhook-{index + 1}"
         if name in named:
-            checker.problem(
+            checker.add(
                 (*base, "name"),
                 f"action name '{name}' is already used by '{dotted(named[name])}'",
                 "action names must be unique within a rule (unnamed ones are webhook-1, ...)",
@@ -127,33 +96,31 @@ def compile_actions(
         compiled = _compile_one(action, name, base, checker, environment)
         if compiled is not None:
             actions.append(compiled)
-    return tuple(actions), checker.problems
+    return tuple(actions), checker.found
 
 
 def _compile_one(
     action: WebhookActionSpec,
     name: str,
     base: NodePath,
-    checker: _Checker,
+    checker: Problems,
     environment: BoundedSandboxEnvironment,
 ) -> WebhookAction | None:
-    before = len(checker.problems)
+    before = len(checker.found)
     _check_url(action.url, (*base, "url"), checker)
     headers = _check_headers(action.headers or {}, (*base, "headers"), checker)
-    secret_variable = _check_secret(action.secret, (*base, "secret"), checker)
+    secret_variable = checker.secret(action.secret, (*base, "secret"), example="SMS_WEBHOOK_SECRET")
     body = None
     if action.body is not None and action.method == "GET":
-        checker.problem((*base, "body"), "a GET request carries no body", "use POST, PUT or PATCH")
+        checker.add((*base, "body"), "a GET request carries no body", "use POST, PUT or PATCH")
     else:
         body, body_problems = compile_body(
             action.body, action.content_type, environment=environment, variables=BODY_VARIABLES
         )
         for problem in body_problems:
             where = dotted((*base, "body", *problem.path))
-            checker.problem(
-                (*base, "body", *problem.path), f"{where}: {problem.message}", problem.hint
-            )
-    if len(checker.problems) > before:
+            checker.add((*base, "body", *problem.path), f"{where}: {problem.message}", problem.hint)
+    if len(checker.found) > before:
         return None
     return WebhookAction(
         name=name,
@@ -168,7 +135,7 @@ def _compile_one(
     )
 
 
-def _check_url(url: str, key: NodePath, checker: _Checker) -> None:
+def _check_url(url: str, key: NodePath, checker: Problems) -> None:
     problem = static_url_problem(
         url,
         template_problem=(
@@ -180,11 +147,11 @@ def _check_url(url: str, key: NodePath, checker: _Checker) -> None:
         check_variables=lambda text: checker.variables(key, text, "the URL"),
     )
     if problem is not None:
-        checker.problem(key, *problem)
+        checker.add(key, *problem)
 
 
 def _check_headers(
-    headers: dict[str, str], key: NodePath, checker: _Checker
+    headers: dict[str, str], key: NodePath, checker: Problems
 ) -> tuple[tuple[str, str], ...]:
     seen: dict[str, str] = {}
     result = []
@@ -192,24 +159,24 @@ def _check_headers(
         where = (*key, name)
         lower = name.lower()
         if not _HEADER_NAME.fullmatch(name):
-            checker.problem(where, f"'{name}' is not a valid header name")
+            checker.add(where, f"'{name}' is not a valid header name")
             continue
         if lower in RESERVED_HEADERS:
-            checker.problem(
+            checker.add(
                 where,
                 f"header '{name}' is set by crm-notify",
                 "the body's type comes from content_type; the webhook-* headers sign the request",
             )
             continue
         if lower in seen:
-            checker.problem(where, f"header '{name}' is given twice (as '{seen[lower]}')")
+            checker.add(where, f"header '{name}' is given twice (as '{seen[lower]}')")
             continue
         seen[lower] = name
         if any(char in value for char in "\r\n\0"):
-            checker.problem(where, f"the value of header '{name}' contains a line break or NUL")
+            checker.add(where, f"the value of header '{name}' contains a line break or NUL")
             continue
         if any(marker in value for marker in ("{{", "{%")):
-            checker.problem(
+            checker.add(
                 where,
                 f"header '{name}' holds a template, but header values are static",
                 "${NAME} reads an environment variable; put event data in the body",
@@ -218,27 +185,3 @@ def _check_headers(
         if checker.variables(where, value, f"header '{name}'"):
             result.append((name, value))
     return tuple(result)
-
-
-def _check_secret(secret: str | None, key: NodePath, checker: _Checker) -> str | None:
-    if secret is None:
-        return None
-    match = _SECRET_REFERENCE.fullmatch(secret.strip())
-    if match is None:
-        checker.problem(
-            key,
-            "write the signing secret as a reference to an environment variable, e.g. "
-            "${SMS_WEBHOOK_SECRET}",
-            "never the secret itself in a rule file",
-        )
-        return None
-    name = match["name"]
-    if checker.environ is None:
-        return name
-    try:
-        SigningSecret.parse(checker.environ[name])
-    except KeyError:
-        checker.problem(key, f"the secret uses ${{{name}}}, but {name} is not set", _ENV_HINT)
-    except ValueError as exc:
-        checker.problem(key, f"{name} is not a signing secret: {exc}")
-    return name

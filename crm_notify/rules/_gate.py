@@ -26,22 +26,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from crm_notify.actions.env import MissingVariableError, expand, referenced_variables
-from crm_notify.actions.signing import SigningSecret
+from crm_notify.actions.env import MissingVariableError, expand
 from crm_notify.errors import RuleFileError
 from crm_notify.gates.model import DEFAULT_GATE_TIMEOUT, GateAuth, GateConfig, OnTimeout
 from crm_notify.gates.spec import GateActionSpec, GateAuthSpec, GateFollowUpSpec, GateSpec
 from crm_notify.rules._actions import RESERVED_HEADERS
 from crm_notify.rules._compile import TemplateExists
+from crm_notify.rules._problems import Problems
 from crm_notify.rules._urls import static_url_problem
 from crm_notify.rules._validation_errors import dotted
 from crm_notify.rules.yaml_source import NodePath, YamlDocument
 
 #: An HTTP header name (RFC 9110 token).
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-#: ``secret:`` as it must be written: one reference.
-_SECRET_REFERENCE = re.compile(r"^\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}$")
-_ENV_HINT = "set it in the service's environment; the value stays out of the rule file"
 _AUTH_HINT = "write auth: {basic: ${USER}:${PASSWORD}} or auth: {header: X-Token, token: ${TOKEN}}"
 
 
@@ -61,34 +58,6 @@ class BaseGate:
     path: Path
     action_lines: Mapping[str, int] = field(default_factory=dict)
     on_timed_out_line: int = 0
-
-
-class _Problems:
-    """Collects the problems of one gate."""
-
-    def __init__(
-        self, document: YamlDocument, path: Path, environ: Mapping[str, str] | None
-    ) -> None:
-        self.document = document
-        self.path = path
-        self.environ = environ
-        self.found: list[RuleFileError] = []
-
-    def add(self, key: NodePath, message: str, hint: str | None = None) -> None:
-        self.found.append(RuleFileError(self.path, self.document.line_for(key), message, hint))
-
-    def variables(self, key: NodePath, text: str, what: str) -> bool:
-        """Check the ``${NAME}`` references of ``text``; whether they are all fine (and set,
-        when the environment is known)."""
-        try:
-            names = referenced_variables(text)
-        except ValueError as exc:
-            self.add(key, f"{what}: {exc}")
-            return False
-        missing = [name for name in names if self.environ is not None and name not in self.environ]
-        for name in missing:
-            self.add(key, f"{what} uses ${{{name}}}, but {name} is not set", _ENV_HINT)
-        return not missing
 
 
 def compile_gate(
@@ -124,7 +93,7 @@ def compile_gate(
     inherited = base.config if base is not None else None
     if spec is None:
         return inherited, []
-    problems = _Problems(document, path, environ)
+    problems = Problems(document, path, environ)
     written = spec.model_fields_set
     # A project file with problems: they are reported with it; check only what the rule writes
     project_unknown = base is not None and inherited is None
@@ -140,7 +109,9 @@ def compile_gate(
     else:
         auth = inherited.auth
     if "secret" in written or inherited is None:
-        secret_variable = _check_secret(spec.secret, (*key, "secret"), problems)
+        secret_variable = problems.secret(
+            spec.secret, (*key, "secret"), example="GATE_SIGNING_SECRET"
+        )
     else:
         secret_variable = inherited.secret_variable
     actions = _compile_actions(spec.actions or [], (*key, "actions"), problems, base)
@@ -203,7 +174,7 @@ def compile_gate(
     ), []
 
 
-def _check_url(url: str, key: NodePath, problems: _Problems) -> None:
+def _check_url(url: str, key: NodePath, problems: Problems) -> None:
     problem = static_url_problem(
         url,
         template_problem=(
@@ -218,7 +189,7 @@ def _check_url(url: str, key: NodePath, problems: _Problems) -> None:
         problems.add(key, *problem)
 
 
-def _compile_auth(spec: GateAuthSpec, key: NodePath, problems: _Problems) -> GateAuth | None:
+def _compile_auth(spec: GateAuthSpec, key: NodePath, problems: Problems) -> GateAuth | None:
     before = len(problems.found)
     if spec.basic is not None and (spec.header is not None or spec.token is not None):
         problems.add(
@@ -247,7 +218,7 @@ def _compile_auth(spec: GateAuthSpec, key: NodePath, problems: _Problems) -> Gat
     return GateAuth(basic=spec.basic, header=spec.header, token=spec.token)
 
 
-def _check_header(name: str, key: NodePath, problems: _Problems) -> None:
+def _check_header(name: str, key: NodePath, problems: Problems) -> None:
     if not _HEADER_NAME.fullmatch(name):
         problems.add(key, f"'{name}' is not a valid header name", "e.g. X-Gate-Token")
     elif name.lower() in RESERVED_HEADERS:
@@ -258,7 +229,7 @@ def _check_header(name: str, key: NodePath, problems: _Problems) -> None:
         )
 
 
-def _check_value(value: str, key: NodePath, what: str, problems: _Problems) -> bool:
+def _check_value(value: str, key: NodePath, what: str, problems: Problems) -> bool:
     """Check a credential: text and ``${NAME}`` references only; whether it is fine."""
     if any(char in value for char in "\r\n\0"):
         problems.add(key, f"{what} contains a line break or NUL")
@@ -273,7 +244,7 @@ def _check_value(value: str, key: NodePath, what: str, problems: _Problems) -> b
     return problems.variables(key, value, what)
 
 
-def _check_basic_form(basic: str, key: NodePath, problems: _Problems) -> None:
+def _check_basic_form(basic: str, key: NodePath, problems: Problems) -> None:
     """``basic`` is ``USER:PASSWORD``: a ``:`` written, or in the variables' values."""
     if ":" in basic.replace("$$", ""):
         return
@@ -291,32 +262,8 @@ def _check_basic_form(basic: str, key: NodePath, problems: _Problems) -> None:
         )
 
 
-def _check_secret(secret: str | None, key: NodePath, problems: _Problems) -> str | None:
-    if secret is None:
-        return None
-    match = _SECRET_REFERENCE.fullmatch(secret.strip())
-    if match is None:
-        problems.add(
-            key,
-            "write the signing secret as a reference to an environment variable, e.g. "
-            "${GATE_SIGNING_SECRET}",
-            "never the secret itself in a rule file",
-        )
-        return None
-    name = match["name"]
-    if problems.environ is None:
-        return name
-    try:
-        SigningSecret.parse(problems.environ[name])
-    except KeyError:
-        problems.add(key, f"the secret uses ${{{name}}}, but {name} is not set", _ENV_HINT)
-    except ValueError as exc:
-        problems.add(key, f"{name} is not a signing secret: {exc}")
-    return name
-
-
 def _compile_actions(
-    specs: list[GateActionSpec], key: NodePath, problems: _Problems, project: BaseGate | None
+    specs: list[GateActionSpec], key: NodePath, problems: Problems, project: BaseGate | None
 ) -> tuple[dict[str, Any], ...]:
     actions = []
     seen: dict[str, NodePath] = {}
