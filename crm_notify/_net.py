@@ -35,3 +35,18 @@ def hide_logged_queries() -> None:
     httpx_logger = logging.getLogger("httpx")
     if not any(isinstance(f, HideQueryFilter) for f in httpx_logger.filters):
         httpx_logger.addFilter(HideQueryFilter())
+
+
+def outbound_client(
+    *, timeout_s: float, user_agent: str, transport: httpx.BaseTransport | None = None
+) -> httpx.Client:
+    """The client of requests to other tools (webhook actions, send gates): bounded timeouts,
+    no redirects followed, and httpx's request log without query strings (they may carry a
+    ``${NAME}`` credential)."""
+    hide_logged_queries()
+    return httpx.Client(
+        timeout=httpx.Timeout(timeout_s),
+        transport=transport,
+        follow_redirects=False,
+        headers={"User-Agent": user_agent},
+    )

@@ -36,13 +36,18 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col
 
-from crm_notify._net import hide_logged_queries
+from crm_notify._net import outbound_client
 from crm_notify.actions.body import CONTENT_TYPES
 from crm_notify.actions.model import WebhookAction
-from crm_notify.actions.signing import SigningSecret, new_message_id, signature_headers
+from crm_notify.actions.signing import (
+    SigningSecret,
+    default_secret,
+    new_message_id,
+    signature_headers,
+)
 from crm_notify.clock import now
 from crm_notify.db import session_scope
-from crm_notify.errors import ConfigurationError, EspPermanentError, EspTransientError, RenderError
+from crm_notify.errors import EspPermanentError, EspTransientError, RenderError
 from crm_notify.esp.http import retry_after_s
 from crm_notify.outbox import repository
 from crm_notify.outbox.models import Notification
@@ -109,12 +114,8 @@ class WebhookActionSender:
         self._rules = rules
         self._environ = environ
         self._default_secret = default_secret
-        hide_logged_queries()  # an action's query string may carry a ${NAME} credential
-        self._client = httpx.Client(
-            timeout=httpx.Timeout(timeout_s),
-            transport=transport,
-            follow_redirects=False,
-            headers={"User-Agent": USER_AGENT},
+        self._client = outbound_client(
+            timeout_s=timeout_s, user_agent=USER_AGENT, transport=transport
         )
 
     @classmethod
@@ -126,12 +127,7 @@ class WebhookActionSender:
         Raises:
             ConfigurationError: ``CRM_NOTIFY_WEBHOOK_SECRET`` is not a signing secret.
         """
-        secret = None
-        if settings.webhook_secret is not None:
-            try:
-                secret = SigningSecret.parse(settings.webhook_secret.get_secret_value())
-            except ValueError as exc:
-                raise ConfigurationError(f"CRM_NOTIFY_WEBHOOK_SECRET: {exc}") from exc
+        secret = default_secret(settings)
         return cls(rules=rules, environ=environ, default_secret=secret)
 
     def close(self) -> None:

@@ -22,6 +22,9 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
+from crm_notify.config import Settings
+from crm_notify.errors import ConfigurationError
+
 #: The prefix of a symmetric signing secret.
 SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a secret
 #: Fewest and most bytes of a signing key (the spec: at least 24 bytes, 512 bits at most).
@@ -114,3 +117,17 @@ def signature_headers(
     if secret is not None:
         headers["webhook-signature"] = secret.sign(message_id, timestamp, body)
     return headers
+
+
+def default_secret(settings: Settings) -> SigningSecret | None:
+    """``CRM_NOTIFY_WEBHOOK_SECRET``, parsed (``None`` when unset).
+
+    Raises:
+        ConfigurationError: it is not a signing secret.
+    """
+    if settings.webhook_secret is None:
+        return None
+    try:
+        return SigningSecret.parse(settings.webhook_secret.get_secret_value())
+    except ValueError as exc:
+        raise ConfigurationError(f"CRM_NOTIFY_WEBHOOK_SECRET: {exc}") from exc

@@ -35,11 +35,15 @@ import httpx
 import sqlalchemy as sa
 from sqlmodel import Session, col
 
-from crm_notify._net import hide_logged_queries
+from crm_notify._net import outbound_client
 from crm_notify.actions.env import expand
-from crm_notify.actions.signing import MESSAGE_ID_PREFIX, SigningSecret, signature_headers
+from crm_notify.actions.signing import (
+    MESSAGE_ID_PREFIX,
+    SigningSecret,
+    default_secret,
+    signature_headers,
+)
 from crm_notify.clock import now
-from crm_notify.errors import ConfigurationError
 from crm_notify.esp.http import retry_after_s
 from crm_notify.gates.model import Gate, GateAuth, GateConfig, GateDelivery, gate_config_from_json
 from crm_notify.gates.payload import gate_payload, held_count, held_items
@@ -131,12 +135,8 @@ class GateNotifier:
         self._environ = environ
         self._default_secret = default_secret
         self.timeout_s = timeout_s
-        hide_logged_queries()
-        self._client = httpx.Client(
-            timeout=httpx.Timeout(timeout_s),
-            transport=transport,
-            follow_redirects=False,
-            headers={"User-Agent": USER_AGENT},
+        self._client = outbound_client(
+            timeout_s=timeout_s, user_agent=USER_AGENT, transport=transport
         )
 
     @classmethod
@@ -149,12 +149,7 @@ class GateNotifier:
         Raises:
             ConfigurationError: ``CRM_NOTIFY_WEBHOOK_SECRET`` is not a signing secret.
         """
-        secret = None
-        if settings.webhook_secret is not None:
-            try:
-                secret = SigningSecret.parse(settings.webhook_secret.get_secret_value())
-            except ValueError as exc:
-                raise ConfigurationError(f"CRM_NOTIFY_WEBHOOK_SECRET: {exc}") from exc
+        secret = default_secret(settings)
         return cls(
             secret_key=secret_key,
             base_url=settings.base_url,
