@@ -22,13 +22,13 @@ from crm_notify.config import Settings
 from crm_notify.errors import ConfigurationError
 from crm_notify.webhooks.mandrill import MandrillWebhook
 from crm_notify.webhooks.probe import make_probe_router
+from tests.support.servers import serve
 from tests.webhooks._helpers import (
     WebhookContract,
     WebhookServer,
     add_notification,
     consent_records,
     history,
-    serve,
     stored_events,
     suppressions,
 )
