@@ -59,6 +59,7 @@ from crm_notify.events.emails import normalise_email
 from crm_notify.events.models import Event
 from crm_notify.events.schemas import SegmentCall
 from crm_notify.gates.hold import GateHold
+from crm_notify.gates.withdraw import withdraw_held
 from crm_notify.guards import PlannedSend, SendPolicy, Verdict
 from crm_notify.guards.consent import (
     DEFAULT_CATEGORIES,
@@ -461,8 +462,8 @@ class Intake:
     def _cancel(
         self, session: Session, call: SegmentCall, contact_id: int | None, batch: _Batch
     ) -> None:
-        """Cancel pending steps of rules whose ``cancel_on`` names this event: of the cart the
-        event names, or else of the contact."""
+        """Cancel pending steps of rules whose ``cancel_on`` names this event, and their sends
+        that a send gate holds: of the cart the event names, or else of the contact."""
         assert call.event is not None
         rules = [rule.name for rule in self.rules.cancelled_by(call.event)]
         if not rules:
@@ -471,7 +472,7 @@ class Intake:
         cart_id = _cart_id(call)
         if cart_id is not None:
             # The event names its cart: that cart's steps stop, and the contact's steps that
-            # name no cart.
+            # name no cart; so do the sends of those steps that a send gate still holds.
             timer_repository.cancel_pending(
                 session=session,
                 rules=rules,
@@ -479,9 +480,17 @@ class Intake:
                 entity_type="cart",
                 entity_id=cart_id,
             )
+            withdraw_held(session, rules=rules, reason=reason, cart_id=cart_id)
         if contact_id is not None:
             timer_repository.cancel_pending(
                 session=session,
+                rules=rules,
+                reason=reason,
+                contact_id=contact_id,
+                only_without_entity=cart_id is not None,
+            )
+            withdraw_held(
+                session,
                 rules=rules,
                 reason=reason,
                 contact_id=contact_id,

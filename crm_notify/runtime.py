@@ -127,6 +127,7 @@ class Runtime:
             policy=self.policy,
             unsubscribe=self.unsubscribe_links,
             webhooks=self.webhooks,
+            rules=self.rules,
         )
         self.actors = declare_actors(self.broker, deliver=self.delivery.deliver)
         # Send gates: the integration's ${NAME} credentials come from the process environment.

@@ -2,9 +2,14 @@
 
 At the end of the transaction that wrote a batch of notifications (the intake's, a scheduler
 pass's), :meth:`GateHold.hold` puts those of rules with a ``gate:`` on hold: status ``gated``
-under a new :class:`~crm_notify.gates.model.Gate`, one per rule and event for the intake (a
-single send) and one per rule for a scheduler pass (a batch). Nothing held is enqueued; the
+under a :class:`~crm_notify.gates.model.Gate`, one per rule and event for the intake (a single
+send) and one per rule and step for a scheduler pass (a batch). Nothing held is enqueued; the
 gate runner tells the integration once the transaction has committed.
+
+A scheduler pass fires its timers in several transactions (batches of 200): its gates collect
+the sends of every batch (``pass_gates``), and are ready for the runner only when the pass has
+ended (:meth:`GateHold.ready`), so the integration hears once, with the whole pass. Should the
+scheduler die mid-pass, what its gates hold is notified after :data:`PASS_LEASE`.
 """
 
 from __future__ import annotations
@@ -12,18 +17,25 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from crm_notify.clock import now
 from crm_notify.db import insert_rows, new_row
-from crm_notify.gates.model import Gate, gate_config_json
+from crm_notify.gates.model import Gate, GateDelivery, GateStatus, gate_config_json
 from crm_notify.outbox.models import Notification, NotificationStatus, NotificationStatusChange
 from crm_notify.rules.engine import RuleSet
 
 #: Prefix of a gate's public id (the rest is 32 random hex digits).
 GATE_ID_PREFIX = "gt_"
+#: How long a scheduler pass's gate waits for the pass to end before the runner notifies it
+#: anyway (the scheduler died mid-pass).
+PASS_LEASE = timedelta(minutes=5)
+
+#: A scheduler pass's gates so far, by rule and step: the gate row id.
+PassGates = dict[tuple[str, int], int]
 
 
 @dataclass
@@ -52,12 +64,21 @@ class GateHold:
         """Whether any rule has a gate (nothing to do otherwise)."""
         return any(rule.gate is not None for rule in self._rules.rules)
 
-    def hold(self, session: Session, notification_ids: Sequence[int], *, batch: bool) -> HoldResult:
+    def hold(
+        self,
+        session: Session,
+        notification_ids: Sequence[int],
+        *,
+        batch: bool,
+        pass_gates: PassGates | None = None,
+    ) -> HoldResult:
         """Hold the gated ones of ``notification_ids`` (new, uncommitted rows).
 
         Parameters:
-            batch: the rows come from one scheduled run (one gate per rule), not from events
-                (one gate per rule and event).
+            batch: the rows come from one scheduled run (one gate per rule and step), not
+                from events (one gate per rule and event).
+            pass_gates: with ``batch``, the gates this scheduler pass opened so far (updated
+                here): their rule's rows join them. Each waits for :meth:`ready`.
         """
         if not notification_ids or not self.active:
             return HoldResult(released=list(notification_ids))
@@ -73,23 +94,30 @@ class GateHold:
         result = HoldResult(released=[i for i in notification_ids if i not in held])
         groups: dict[tuple[str, int | None], list[Notification]] = {}
         for row in sorted(rows, key=lambda r: r.id or 0):
-            groups.setdefault((row.rule, None if batch else row.event_id), []).append(row)
+            groups.setdefault((row.rule, row.step if batch else row.event_id), []).append(row)
         moment = now()
-        for (rule_name, _event), members in groups.items():
+        for (rule_name, _group), members in groups.items():
             rule = gated_rules[rule_name]
             assert rule.gate is not None
-            gate = Gate(
-                public_id=GATE_ID_PREFIX + secrets.token_hex(16),
-                rule=rule_name,
-                send_name=rule.steps[members[0].step].name,
-                batch=batch,
-                config=gate_config_json(rule.gate),
-                created_at=moment,
-                deadline=moment + rule.gate.timeout,
-                next_delivery_at=moment,
-            )
-            session.add(gate)
-            session.flush()
+            step = members[0].step
+            gate = self._pass_gate(session, pass_gates, (rule_name, step)) if batch else None
+            if gate is None:
+                gate = Gate(
+                    public_id=GATE_ID_PREFIX + secrets.token_hex(16),
+                    rule=rule_name,
+                    send_name=rule.steps[step].name,
+                    batch=batch,
+                    config=gate_config_json(rule.gate),
+                    created_at=moment,
+                    deadline=moment + rule.gate.timeout,
+                    next_delivery_at=moment + PASS_LEASE if batch else moment,
+                )
+                session.add(gate)
+                session.flush()
+                assert gate.id is not None
+                if batch and pass_gates is not None:
+                    pass_gates[(rule_name, step)] = gate.id
+                result.gate_ids.append(gate.id)
             assert gate.id is not None
             ids = [row.id for row in members if row.id is not None]
             session.execute(
@@ -112,8 +140,40 @@ class GateHold:
             )
             for row in members:
                 session.expire(row)
-            result.gate_ids.append(gate.id)
         return result
+
+    @staticmethod
+    def _pass_gate(
+        session: Session, pass_gates: PassGates | None, key: tuple[str, int]
+    ) -> Gate | None:
+        """The gate this pass opened for ``key``, while nobody has been told about it."""
+        gate_id = (pass_gates or {}).get(key)
+        if gate_id is None:
+            return None
+        gate = session.get(Gate, gate_id)
+        if (
+            gate is not None
+            and gate.batch
+            and gate.rule == key[0]
+            and gate.status == GateStatus.OPEN
+            and gate.delivery == GateDelivery.PENDING
+            and gate.delivery_attempts == 0
+        ):
+            return gate
+        return None
+
+    def ready(self, session: Session, gate_ids: Sequence[int]) -> None:
+        """The pass that opened ``gate_ids`` has ended: the runner may notify them now."""
+        if not gate_ids:
+            return
+        session.execute(
+            sa.update(Gate)
+            .where(col(Gate.id).in_(list(gate_ids)))
+            .where(col(Gate.delivery) == GateDelivery.PENDING.value)
+            .where(col(Gate.delivery_attempts) == 0)
+            .values(next_delivery_at=now())
+            .execution_options(synchronize_session=False)
+        )
 
     def after_commit(self, result: HoldResult) -> None:
         """Wake the gate runner when ``result`` opened gates."""

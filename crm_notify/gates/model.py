@@ -23,6 +23,8 @@ from crm_notify.db import json_column, utc_column
 
 #: How long a gate waits for the integration when the rule does not say.
 DEFAULT_GATE_TIMEOUT = timedelta(hours=1)
+#: How many times a rejected or timed-out send is tried again when the rule does not say.
+DEFAULT_GATE_RETRIES = 1
 
 
 class OnTimeout(enum.StrEnum):
@@ -61,6 +63,19 @@ class GateAuth:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class GateRetry:
+    """A follow-up that tries a rejected or timed-out send again later (gated again).
+
+    Parameters:
+        after: how long after the rejection or the deadline.
+        times: how many retries one send gets (the original send not counted).
+    """
+
+    after: timedelta
+    times: int = DEFAULT_GATE_RETRIES
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GateConfig:
     """A rule's (or the project's) ``gate:``, checked and compiled.
 
@@ -75,6 +90,8 @@ class GateConfig:
             project's first, extended (never replaced) by the rule's.
         on_rejected, on_timed_out: a template to send instead to the rejected / timed-out
             items (``None``: nothing is sent to them).
+        retry_rejected, retry_timed_out: or else try the rejected / timed-out sends again
+            later, held by the gate again (``None``: no retry).
     """
 
     url: str
@@ -85,6 +102,8 @@ class GateConfig:
     actions: tuple[dict[str, Any], ...] = ()
     on_rejected: str | None = None
     on_timed_out: str | None = None
+    retry_rejected: GateRetry | None = None
+    retry_timed_out: GateRetry | None = None
     source_path: Path = field(default_factory=Path)
     source_line: int = 0
 
@@ -136,6 +155,8 @@ def gate_config_json(config: GateConfig) -> dict[str, Any]:
         "actions": copy.deepcopy(list(config.actions)),
         "on_rejected": config.on_rejected,
         "on_timed_out": config.on_timed_out,
+        "retry_rejected": _retry_json(config.retry_rejected),
+        "retry_timed_out": _retry_json(config.retry_timed_out),
         "source_path": str(config.source_path),
         "source_line": config.source_line,
     }
@@ -167,6 +188,24 @@ def gate_config_from_json(data: dict[str, Any]) -> GateConfig:
         actions=tuple(copy.deepcopy(data.get("actions") or [])),
         on_rejected=data.get("on_rejected"),
         on_timed_out=data.get("on_timed_out"),
+        retry_rejected=_retry_from_json(data.get("retry_rejected")),
+        retry_timed_out=_retry_from_json(data.get("retry_timed_out")),
         source_path=Path(data.get("source_path") or ""),
         source_line=int(data.get("source_line") or 0),
+    )
+
+
+def _retry_json(retry: GateRetry | None) -> dict[str, Any] | None:
+    if retry is None:
+        return None
+    seconds = retry.after.total_seconds()
+    return {"after_s": int(seconds) if seconds.is_integer() else seconds, "times": retry.times}
+
+
+def _retry_from_json(data: dict[str, Any] | None) -> GateRetry | None:
+    if not data:
+        return None
+    return GateRetry(
+        after=timedelta(seconds=data["after_s"]),
+        times=int(data.get("times") or DEFAULT_GATE_RETRIES),
     )

@@ -7,55 +7,38 @@ broker once the transaction has committed:
 
 - :func:`release` (the finish URI): attached data goes to ``gate_data``, every item still
   ``gated`` becomes ``pending``, the gate ``finished``;
-- :func:`cancel_item` (a cancel or reject URI): that item becomes ``cancelled``, the reason in
-  the decision log; with ``on_rejected``, a follow-up notification with that template;
+- :func:`cancel_item` (a cancel or reject URI): that item (and the rest of its firing) becomes
+  ``cancelled``, the reason in the decision log, followed up as ``on_rejected`` says;
 - :func:`time_out` (the gate runner, at the deadline): the gate ``timed_out``; the items still
-  ``gated`` become ``pending`` (``on_timeout: release``) or ``cancelled`` (``drop``), with a
-  follow-up per dropped item when ``on_timed_out`` names a template.
+  ``gated`` become ``pending`` (``on_timeout: release``) or ``cancelled`` (``drop``, followed
+  up as ``on_timed_out`` says).
 
-A follow-up is a new ``pending`` notification of the same rule, contact and data with the
-other template; its idempotency key is the item's with ``#gate-rejected`` or
-``#gate-timed-out`` appended, so it is made once. Only e-mail items get follow-ups (the
-templates are e-mail templates).
+Follow-ups of rejected and dropped items (another template, or a retry later) are in
+:mod:`crm_notify.gates.follow_up`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from crm_notify.actions.rows import firing_key
 from crm_notify.clock import now
-from crm_notify.db import insert_rows, new_row
 from crm_notify.errors import GateClosedError
+from crm_notify.gates._rows import NOTIFICATION, log_decisions, move_items
+from crm_notify.gates.follow_up import after_rejected, after_timed_out
 from crm_notify.gates.model import Gate, GateDelivery, GateStatus, OnTimeout, gate_config_from_json
-from crm_notify.outbox.models import (
-    Decision,
-    DecisionOutcome,
-    Notification,
-    NotificationStatus,
-    NotificationStatusChange,
-)
-from crm_notify.outbox.repository import PlannedDecision, write_decisions
+from crm_notify.outbox.models import DecisionOutcome, Notification, NotificationStatus
 
 logger = logging.getLogger(__name__)
 
-#: The notification table, for statements that need no ORM bookkeeping.
-_NOTIFICATION = cast(sa.Table, sa.inspect(Notification).local_table)
 #: Characters of a rejection reason kept.
 MAX_REASON_CHARS = 1000
-#: Idempotency-key suffixes of the follow-ups.
-REJECTED_SUFFIX = "#gate-rejected"
-TIMED_OUT_SUFFIX = "#gate-timed-out"
-#: ``Notification.idempotency_key`` length.
-_KEY_CHARS = 512
-#: The channel follow-ups are made for.
-_EMAIL = "email"
 
 
 @dataclass
@@ -71,16 +54,6 @@ class CancelResult:
     changed: bool
     status: str | None
     notification_ids: list[int] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class _Moved:
-    """A notification moved by :func:`_move`: what its decision entry needs."""
-
-    id: int
-    rule: str
-    event_id: int | None
-    contact_id: int | None
 
 
 def release(
@@ -104,15 +77,15 @@ def release(
     _close(session, gate, GateStatus.FINISHED)
     for notification_id, data in (items_data or {}).items():
         session.execute(
-            sa.update(_NOTIFICATION)
-            .where(_NOTIFICATION.c.id == notification_id)
-            .where(_NOTIFICATION.c.gate_id == gate.id)
-            .where(_NOTIFICATION.c.status == NotificationStatus.GATED.value)
+            sa.update(NOTIFICATION)
+            .where(NOTIFICATION.c.id == notification_id)
+            .where(NOTIFICATION.c.gate_id == gate.id)
+            .where(NOTIFICATION.c.status == NotificationStatus.GATED.value)
             .values(gate_data=dict(data))
         )
-    moved = _move(
+    moved = move_items(
         session,
-        gate,
+        gate_id=gate.id,
         to_status=NotificationStatus.PENDING,
         detail=f"released by gate {gate.public_id}",
         moment=moment,
@@ -159,9 +132,9 @@ def cancel_item(
         raise GateClosedError(gate.public_id, gate.status)
     why = clean_reason(reason)
     moment = now()
-    moved = _move(
+    moved = move_items(
         session,
-        gate,
+        gate_id=gate.id,
         to_status=NotificationStatus.CANCELLED,
         detail=f"rejected by gate {gate.public_id}: {why}",
         moment=moment,
@@ -174,7 +147,7 @@ def cancel_item(
             .where(col(Notification.gate_id) == gate.id)
         ).first()
         return CancelResult(changed=False, status=None if status is None else str(status))
-    _log(
+    log_decisions(
         session,
         moved,
         outcome=DecisionOutcome.SKIP,
@@ -182,16 +155,9 @@ def cancel_item(
         details={"gate": gate.public_id, "action": action},
         moment=moment,
     )
-    config = gate_config_from_json(gate.config)
-    follow_ups: list[int] = []
-    if config.on_rejected is not None:
-        follow_ups = _follow_up(
-            session,
-            [notification_id],
-            template=config.on_rejected,
-            suffix=REJECTED_SUFFIX,
-            reason=f"follow-up of an item rejected by gate {gate.public_id} (on_rejected)",
-        )
+    follow_ups = after_rejected(
+        session, gate, gate_config_from_json(gate.config), [row.id for row in moved]
+    )
     return CancelResult(
         changed=True, status=NotificationStatus.CANCELLED.value, notification_ids=follow_ups
     )
@@ -199,7 +165,7 @@ def cancel_item(
 
 def time_out(session: Session, gate: Gate) -> list[int]:
     """Apply ``gate``'s timeout policy: the gate ``timed_out``, its held items released or
-    dropped (with follow-ups for ``on_timed_out``). A delivery still ``pending`` becomes
+    dropped (with the follow-up ``on_timed_out`` names). A delivery still ``pending`` becomes
     ``failed``; when the integration was never reached, nothing is released, whatever
     ``on_timeout`` says (they are dropped). The caller decides that the deadline has passed.
 
@@ -224,14 +190,14 @@ def time_out(session: Session, gate: Gate) -> list[int]:
         session.add(gate)
     if not reached and config.on_timeout is OnTimeout.RELEASE:
         # Fail closed: nobody approved these sends, not even by letting the deadline pass.
-        moved = _move(
+        moved = move_items(
             session,
-            gate,
+            gate_id=gate.id,
             to_status=NotificationStatus.CANCELLED,
             detail=f"gate {gate.public_id} timed out; the integration was never reached",
             moment=moment,
         )
-        _log(
+        log_decisions(
             session,
             moved,
             outcome=DecisionOutcome.SKIP,
@@ -242,14 +208,14 @@ def time_out(session: Session, gate: Gate) -> list[int]:
         logger.warning("gate %s timed out unreached: %d items dropped", gate.public_id, len(moved))
         return []
     if config.on_timeout is OnTimeout.RELEASE:
-        moved = _move(
+        moved = move_items(
             session,
-            gate,
+            gate_id=gate.id,
             to_status=NotificationStatus.PENDING,
             detail=f"released: gate {gate.public_id} timed out (on_timeout: release)",
             moment=moment,
         )
-        _log(
+        log_decisions(
             session,
             moved,
             outcome=DecisionOutcome.SEND,
@@ -258,14 +224,14 @@ def time_out(session: Session, gate: Gate) -> list[int]:
             moment=moment,
         )
         return [row.id for row in moved]
-    moved = _move(
+    moved = move_items(
         session,
-        gate,
+        gate_id=gate.id,
         to_status=NotificationStatus.CANCELLED,
         detail=f"gate {gate.public_id} timed out (on_timeout: drop)",
         moment=moment,
     )
-    _log(
+    log_decisions(
         session,
         moved,
         outcome=DecisionOutcome.SKIP,
@@ -273,15 +239,7 @@ def time_out(session: Session, gate: Gate) -> list[int]:
         details={"gate": gate.public_id, "on_timeout": "drop"},
         moment=moment,
     )
-    if config.on_timed_out is None or not moved:
-        return []
-    return _follow_up(
-        session,
-        [row.id for row in moved],
-        template=config.on_timed_out,
-        suffix=TIMED_OUT_SUFFIX,
-        reason=f"follow-up of an item dropped when gate {gate.public_id} timed out (on_timed_out)",
-    )
+    return after_timed_out(session, gate, config, [row.id for row in moved]) if moved else []
 
 
 def clean_reason(reason: str | None) -> str:
@@ -306,119 +264,3 @@ def _close(session: Session, gate: Gate, status: GateStatus) -> None:
         raise GateClosedError(gate.public_id, gate.status)
     gate.status = status.value
     gate.finished_at = moment
-
-
-def _move(
-    session: Session,
-    gate: Gate,
-    *,
-    to_status: NotificationStatus,
-    detail: str,
-    moment: Any,
-    ids: Sequence[int] | None = None,
-) -> list[_Moved]:
-    """Move ``gate``'s ``gated`` items (those of ``ids`` only, when given) to ``to_status``,
-    with a status-history entry each; return those moved, by id."""
-    table = _NOTIFICATION
-    stmt = (
-        sa.update(table)
-        .where(table.c.gate_id == gate.id)
-        .where(table.c.status == NotificationStatus.GATED.value)
-        .values(status=to_status.value, updated_at=moment)
-        .returning(table.c.id, table.c.rule, table.c.event_id, table.c.contact_id)
-    )
-    if ids is not None:
-        stmt = stmt.where(table.c.id.in_(list(ids)))
-    moved = sorted((_Moved(*row) for row in session.execute(stmt)), key=lambda row: row.id)
-    insert_rows(
-        session,
-        NotificationStatusChange,
-        [
-            new_row(
-                NotificationStatusChange,
-                {
-                    "notification_id": row.id,
-                    "status": to_status.value,
-                    "detail": detail,
-                    "at": moment,
-                },
-            )
-            for row in moved
-        ],
-    )
-    return moved
-
-
-def _log(
-    session: Session,
-    moved: Sequence[_Moved],
-    *,
-    outcome: DecisionOutcome,
-    reason: str,
-    details: dict[str, Any],
-    moment: Any,
-) -> None:
-    """One decision-log entry per moved item."""
-    insert_rows(
-        session,
-        Decision,
-        [
-            new_row(
-                Decision,
-                {
-                    "rule": row.rule,
-                    "outcome": outcome.value,
-                    "reason": reason,
-                    "event_id": row.event_id,
-                    "contact_id": row.contact_id,
-                    "notification_id": row.id,
-                    "details": details,
-                    "at": moment,
-                },
-            )
-            for row in moved
-        ],
-    )
-
-
-def _follow_up(
-    session: Session, notification_ids: Sequence[int], *, template: str, suffix: str, reason: str
-) -> list[int]:
-    """A ``pending`` notification with ``template`` for each e-mail item of
-    ``notification_ids`` (once per item: see the module docstring); return their ids."""
-    rows = session.exec(
-        select(Notification)
-        .where(col(Notification.id).in_(list(notification_ids)))
-        .where(col(Notification.channel) == _EMAIL)
-        .order_by(col(Notification.id))
-    ).all()
-    planned = [
-        PlannedDecision(
-            rule=row.rule,
-            event_id=row.event_id,
-            contact_id=row.contact_id,
-            reason=reason,
-            details={"follows": row.id},
-            notification=new_row(
-                Notification,
-                {
-                    "idempotency_key": row.idempotency_key[: _KEY_CHARS - len(suffix)] + suffix,
-                    "rule": row.rule,
-                    "dedupe_key": row.dedupe_key,
-                    "step": row.step,
-                    "timer_id": row.timer_id,
-                    "template": template,
-                    "purpose": row.purpose,
-                    "channel": row.channel,
-                    "contact_id": row.contact_id,
-                    "event_id": row.event_id,
-                    "to_address": row.to_address,
-                    "language": row.language,
-                    "context": row.context,
-                    "status": NotificationStatus.PENDING,
-                },
-            ),
-        )
-        for row in rows
-    ]
-    return write_decisions(session=session, decisions=planned)

@@ -18,9 +18,11 @@
       actions:                                # optional: what the integration is asked to do,
         - {id: check-stock}                   #   each a mapping with a unique string `id`; the
         - {id: add-promo, field: promo_code}  #   other keys are passed on as they are
-      on_rejected: {template: cart_rejected}  # optional: send this template to rejected items
-      on_timed_out: {template: cart_later}    # optional, with on_timeout: drop: send this
-                                              #   template to the dropped items
+      on_rejected: {template: cart_rejected}  # optional: send this template to rejected items,
+                                              #   or {retry_after: 1d, retries: 2}: try the
+                                              #   same send again later (gated again)
+      on_timed_out: {template: cart_later}    # optional, with on_timeout: drop: the same, for
+                                              #   the dropped items
 
 A rule may also write ``gate: false``: no gate, not even the project's. The project's gate
 (``gate:`` in ``_project.yaml``, the same format with ``url`` required) applies to every rule; a
@@ -46,6 +48,7 @@ from pydantic import (
     Field,
     GetJsonSchemaHandler,
     PlainValidator,
+    model_validator,
 )
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError
@@ -59,6 +62,10 @@ TEMPLATE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 MAX_ACTION_ID_CHARS = 128
 #: Longest URL accepted.
 MAX_URL_CHARS = 2048
+#: Longest wait before a rejected or timed-out send is tried again.
+MAX_RETRY_AFTER = timedelta(days=30)
+#: Most retries of one send a follow-up may ask for.
+MAX_RETRIES = 10
 
 
 def _timeout_value(value: Any) -> timedelta:
@@ -68,27 +75,34 @@ def _timeout_value(value: Any) -> timedelta:
     return duration_value(value)
 
 
-def _timeout_range(value: timedelta) -> timedelta:
-    """Pydantic after-validator: more than zero, at most :data:`MAX_GATE_TIMEOUT`."""
-    from crm_notify.rules.durations import format_duration  # as above
+def _positive_at_most(most: timedelta) -> Any:
+    """Pydantic after-validator: a duration more than zero, at most ``most``."""
 
-    if value <= timedelta(0):
-        raise PydanticCustomError(
-            "duration_not_positive",
-            "must be more than zero, got '{value}'",
-            {"value": format_duration(value)},
-        )
-    if value > MAX_GATE_TIMEOUT:
-        raise PydanticCustomError(
-            "gate_timeout_too_long",
-            "must be at most {most}, got '{value}'",
-            {"most": format_duration(MAX_GATE_TIMEOUT), "value": format_duration(value)},
-        )
-    return value
+    def check(value: timedelta) -> timedelta:
+        from crm_notify.rules.durations import format_duration  # as above
+
+        if value <= timedelta(0):
+            raise PydanticCustomError(
+                "duration_not_positive",
+                "must be more than zero, got '{value}'",
+                {"value": format_duration(value)},
+            )
+        if value > most:
+            raise PydanticCustomError(
+                "gate_duration_too_long",
+                "must be at most {most}, got '{value}'",
+                {"most": format_duration(most), "value": format_duration(value)},
+            )
+        return value
+
+    return check
 
 
-class _TimeoutJsonSchema:
-    """The JSON Schema of ``timeout``: a positive duration, written as in the rest of the file."""
+class _DurationJsonSchema:
+    """The JSON Schema of a positive duration, written as in the rest of the file."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
 
     def __get_pydantic_json_schema__(
         self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
@@ -100,8 +114,7 @@ class _TimeoutJsonSchema:
             "pattern": DURATION_JSON_PATTERN,
             "not": {"pattern": "^(0|P?T?(0+[WDHMSwdhms]T?)+)$"},
             "examples": ["1h", "30m", "1d"],
-            "description": "How long held sends wait for the finish call: 90s, 30m, 1h, 2d, "
-            "or ISO 8601 (PT1H); more than zero, at most 7d; default 1h",
+            "description": self.description,
         }
 
 
@@ -140,11 +153,56 @@ class GateActionSpec(BaseModel):
 
 
 class GateFollowUpSpec(_Spec):
-    """``gate.on_rejected`` / ``gate.on_timed_out``: the template to send instead."""
+    """``gate.on_rejected`` / ``gate.on_timed_out``: a template to send instead, or a retry of
+    the same send later (held by the gate again), at most ``retries`` times."""
 
-    model_config = ConfigDict(title="GateFollowUp")
+    model_config = ConfigDict(
+        title="GateFollowUp",
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "required": ["template"],
+                    "not": {"anyOf": [{"required": ["retry_after"]}, {"required": ["retries"]}]},
+                },
+                {"required": ["retry_after"], "not": {"required": ["template"]}},
+            ]
+        },
+    )
 
-    template: Annotated[str, Field(pattern=TEMPLATE_NAME_PATTERN)]
+    template: Annotated[str, Field(pattern=TEMPLATE_NAME_PATTERN)] | None = None
+    retry_after: (
+        Annotated[
+            timedelta,
+            BeforeValidator(_timeout_value),
+            AfterValidator(_positive_at_most(MAX_RETRY_AFTER)),
+            _DurationJsonSchema(
+                "Try the same send again this much later (held by the gate again): 90s, 30m, "
+                "1h, 2d, or ISO 8601; more than zero, at most 30d"
+            ),
+        ]
+        | None
+    ) = None
+    retries: Annotated[int, Field(ge=1, le=MAX_RETRIES)] | None = None
+
+    @model_validator(mode="after")
+    def _one_path(self) -> GateFollowUpSpec:
+        if self.template is None and self.retry_after is None:
+            raise PydanticCustomError(
+                "gate_follow_up",
+                "needs 'template' (send another template) or 'retry_after' (try the same send "
+                "again later)",
+            )
+        if self.template is not None and self.retry_after is not None:
+            raise PydanticCustomError(
+                "gate_follow_up",
+                "takes either 'template' (send another template) or 'retry_after' (try the "
+                "same send again later), not both",
+            )
+        if self.retries is not None and self.retry_after is None:
+            raise PydanticCustomError(
+                "gate_follow_up_retries", "uses 'retries' only with 'retry_after'"
+            )
+        return self
 
 
 class GateSpec(_Spec):
@@ -172,8 +230,11 @@ class GateSpec(_Spec):
         Annotated[
             timedelta,
             BeforeValidator(_timeout_value),
-            AfterValidator(_timeout_range),
-            _TimeoutJsonSchema(),
+            AfterValidator(_positive_at_most(MAX_GATE_TIMEOUT)),
+            _DurationJsonSchema(
+                "How long held sends wait for the finish call: 90s, 30m, 1h, 2d, or ISO 8601 "
+                "(PT1H); more than zero, at most 7d; default 1h"
+            ),
         ]
         | None
     ) = None

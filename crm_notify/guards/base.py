@@ -68,8 +68,10 @@ class SendAttempt:
 
     ``at_delivery`` is set when a worker re-checks a queued notification just before handing it
     to the ESP: only the guards that can change their answer meanwhile (consent, suppression)
-    run then. ``notification_id`` is the notification being delivered, at delivery. ``rule`` is
-    the loaded rule (``None`` at delivery when it was removed since).
+    run then; and, with ``released`` (the first attempt of a send a gate held), those whose
+    answer depends on the time it goes out (quiet hours). ``notification_id`` is the
+    notification being delivered, at delivery. ``rule`` is the loaded rule (``None`` at
+    delivery, but for a send a gate held, and when it was removed since).
     """
 
     rule_name: str
@@ -78,6 +80,7 @@ class SendAttempt:
     moment: datetime
     rule: Rule | None = None
     at_delivery: bool = False
+    released: bool = False
     notification_id: int | None = None
     planned: Sequence[PlannedSend] = ()
 
@@ -89,6 +92,9 @@ class Guard:
     name: ClassVar[str] = "guard"
     #: Whether the guard runs again at delivery time (consent and suppression do).
     at_delivery: ClassVar[bool] = False
+    #: Whether the guard runs again when a send held by a gate is first delivered (quiet
+    #: hours do: the hold may have moved the send into the night).
+    after_hold: ClassVar[bool] = False
 
     def check(self, session: Session, attempt: SendAttempt) -> Verdict | None:
         """Return ``None`` to let ``attempt`` through, or a skip or defer :class:`Verdict`."""

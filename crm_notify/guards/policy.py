@@ -13,7 +13,7 @@ The whole policy, in one place:
    contact across all non-transactional mail.
 
 At delivery time, suppression and consent run again, so a withdrawal or a bounce takes effect
-for messages already queued.
+for messages already queued; for a send a gate held, quiet hours too (first attempt only).
 """
 
 from __future__ import annotations
@@ -106,7 +106,9 @@ class SendPolicy:
     def check(self, session: Session, attempt: SendAttempt) -> Verdict:
         """The verdict for ``attempt``: the first guard's refusal, or ``send``."""
         for guard in self.guards:
-            if attempt.at_delivery and not guard.at_delivery:
+            if attempt.at_delivery and not (
+                guard.at_delivery or (attempt.released and guard.after_hold)
+            ):
                 continue
             verdict = guard.check(session, attempt)
             if verdict is not None and not verdict.allows:

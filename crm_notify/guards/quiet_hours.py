@@ -99,7 +99,8 @@ class QuietHoursGuard(Guard):
 
     A rule's ``quiet_hours`` decides: ``false`` never, ``true`` the configured window, a window
     of its own; unset (``None``), the configured window applies to every purpose but
-    ``transactional``. At delivery the guard does not run again.
+    ``transactional``. At delivery the guard runs again only for a send a gate held (its first
+    attempt): the hold may have moved it into the night.
 
     Parameters:
         window: the configured window (``CRM_NOTIFY_QUIET_HOURS``); ``None`` turns the default
@@ -112,6 +113,7 @@ class QuietHoursGuard(Guard):
 
     name = "quiet_hours"
     at_delivery = False
+    after_hold = True
 
     def __init__(self, *, window: QuietWindow | None, default_timezone: str) -> None:
         self.window = window

@@ -51,6 +51,7 @@ from crm_notify.outbox.models import DecisionOutcome, Notification
 from crm_notify.render.mime import build_message, make_message_id
 from crm_notify.render.templates import TemplateStore
 from crm_notify.rules.durations import format_duration
+from crm_notify.rules.engine import RuleSet
 from crm_notify.unsubscribe.headers import list_unsubscribe_headers, plain_list_unsubscribe
 from crm_notify.unsubscribe.links import UnsubscribeLinks
 
@@ -146,6 +147,8 @@ class DeliveryService:
             and templates that use ``unsubscribe_url`` fail to render).
         webhooks: sends the rows of rules' webhook actions (channel ``webhook``); ``None``:
             such rows fail, saying so.
+        rules: the loaded rules: the first attempt of a send a gate held checks the rule's
+            quiet hours (``None``: the configured window, by purpose).
     """
 
     def __init__(
@@ -162,8 +165,10 @@ class DeliveryService:
         unsubscribe: UnsubscribeLinks | None = None,
         max_age: timedelta = DEFAULT_MAX_AGE,
         webhooks: WebhookActionSender | None = None,
+        rules: RuleSet | None = None,
     ) -> None:
         self._engine = engine
+        self._rules = rules
         self._templates = templates
         if esps is None:
             if adapter is None:
@@ -248,12 +253,16 @@ class DeliveryService:
                 session=session, notification=row, reason="the contact no longer exists"
             )
             return DeliveryOutcome("cancelled")
+        # A send a gate held goes out later than decided: quiet hours are checked again.
+        released = row.gate_id is not None and row.attempts == 1
         attempt = SendAttempt(
             rule_name=row.rule,
             purpose=row.purpose,
             contact=contact,
             moment=now(),
+            rule=self._rules.by_name(row.rule) if released and self._rules else None,
             at_delivery=True,
+            released=released,
             notification_id=row.id,
         )
         verdict = self._policy.check(session, attempt)
@@ -261,11 +270,8 @@ class DeliveryService:
             return None
         assert row.id is not None
         if verdict.outcome == DecisionOutcome.DEFER and verdict.until is not None:
-            repository.mark_retrying(
-                session=session,
-                notification_id=row.id,
-                error=f"deferred at delivery: {verdict.reason}",
-                next_attempt_at=verdict.until,
+            repository.mark_deferred(
+                session=session, notification=row, verdict=verdict, until=verdict.until
             )
             delay = max(verdict.until - now(), timedelta(0))
             if self._schedule_retry is not None:

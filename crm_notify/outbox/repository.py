@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
@@ -25,6 +25,9 @@ from crm_notify.outbox.models import (
     NotificationStatus,
     NotificationStatusChange,
 )
+
+if TYPE_CHECKING:
+    from crm_notify.guards.base import Verdict
 
 #: The notification table, for statements that need no ORM bookkeeping.
 _NOTIFICATION = cast(sa.Table, sa.inspect(Notification).local_table)
@@ -329,6 +332,39 @@ def mark_retrying(
         detail=error,
         values={"last_error": error, "next_attempt_at": next_attempt_at},
     )
+
+
+def mark_deferred(
+    *, session: Session, notification: Notification, verdict: Verdict, until: datetime
+) -> bool:
+    """Move a claimed (``sending``) notification to ``retrying`` until ``until``: a guard
+    deferred it at delivery (quiet hours, for a send a gate held). The decision log records
+    why, with the verdict's details."""
+    assert notification.id is not None
+    reason = f"deferred at delivery: {verdict.reason}"
+    if not mark_retrying(
+        session=session, notification_id=notification.id, error=reason, next_attempt_at=until
+    ):
+        return False
+    insert_rows(
+        session,
+        Decision,
+        [
+            new_row(
+                Decision,
+                {
+                    "rule": notification.rule,
+                    "outcome": DecisionOutcome.DEFER,
+                    "reason": reason,
+                    "event_id": notification.event_id,
+                    "contact_id": notification.contact_id,
+                    "notification_id": notification.id,
+                    "details": verdict.details,
+                },
+            )
+        ],
+    )
+    return True
 
 
 def mark_failed(*, session: Session, notification_id: int, error: str) -> bool:

@@ -28,7 +28,14 @@ from typing import Any, Literal
 
 from crm_notify.actions.env import MissingVariableError, expand
 from crm_notify.errors import RuleFileError
-from crm_notify.gates.model import DEFAULT_GATE_TIMEOUT, GateAuth, GateConfig, OnTimeout
+from crm_notify.gates.model import (
+    DEFAULT_GATE_RETRIES,
+    DEFAULT_GATE_TIMEOUT,
+    GateAuth,
+    GateConfig,
+    GateRetry,
+    OnTimeout,
+)
 from crm_notify.gates.spec import GateActionSpec, GateAuthSpec, GateFollowUpSpec, GateSpec
 from crm_notify.rules._actions import RESERVED_HEADERS
 from crm_notify.rules._compile import TemplateExists
@@ -124,13 +131,13 @@ def compile_gate(
         on_timeout = OnTimeout(spec.on_timeout)
     else:
         on_timeout = inherited.on_timeout
-    follow_ups: dict[str, str | None] = {}
+    follow_ups: dict[str, tuple[str | None, GateRetry | None]] = {}
     for follow_up in ("on_rejected", "on_timed_out"):
         if follow_up not in written and inherited is not None:
-            follow_ups[follow_up] = getattr(inherited, follow_up)
+            follow_ups[follow_up] = _inherited_follow_up(inherited, follow_up)
             continue
         chosen: GateFollowUpSpec | None = getattr(spec, follow_up)
-        follow_ups[follow_up] = chosen.template if chosen else None
+        follow_ups[follow_up] = _follow_up(chosen)
         if chosen is None:
             continue
         where = (*key, follow_up)
@@ -142,13 +149,17 @@ def compile_gate(
                 "with release, timed-out sends go out as they are; set 'on_timeout: drop' "
                 "or remove it",
             )
-        elif template_exists is not None and not template_exists(chosen.template):
+        elif (
+            chosen.template is not None
+            and template_exists is not None
+            and not template_exists(chosen.template)
+        ):
             problems.add(
                 (*where, "template"),
                 f"template '{chosen.template}' does not exist",
                 f"create templates/{chosen.template}/ or fix the name",
             )
-    inherited_timed_out = "on_timed_out" not in written and follow_ups["on_timed_out"]
+    inherited_timed_out = "on_timed_out" not in written and any(follow_ups["on_timed_out"])
     if inherited_timed_out and on_timeout is not OnTimeout.DROP:
         assert base is not None  # the project's own file allows on_timed_out only with drop
         problems.add(
@@ -167,11 +178,29 @@ def compile_gate(
         timeout=timeout,
         on_timeout=on_timeout,
         actions=actions,
-        on_rejected=follow_ups["on_rejected"],
-        on_timed_out=follow_ups["on_timed_out"],
+        on_rejected=follow_ups["on_rejected"][0],
+        on_timed_out=follow_ups["on_timed_out"][0],
+        retry_rejected=follow_ups["on_rejected"][1],
+        retry_timed_out=follow_ups["on_timed_out"][1],
         source_path=path,
         source_line=document.line_for(key) or 0,
     ), []
+
+
+def _follow_up(spec: GateFollowUpSpec | None) -> tuple[str | None, GateRetry | None]:
+    """A written ``on_rejected`` / ``on_timed_out``: (template, retry), at most one set."""
+    if spec is None:
+        return None, None
+    if spec.retry_after is not None:
+        return None, GateRetry(after=spec.retry_after, times=spec.retries or DEFAULT_GATE_RETRIES)
+    return spec.template, None
+
+
+def _inherited_follow_up(config: GateConfig, follow_up: str) -> tuple[str | None, GateRetry | None]:
+    """The project's ``on_rejected`` / ``on_timed_out``: (template, retry)."""
+    if follow_up == "on_rejected":
+        return config.on_rejected, config.retry_rejected
+    return config.on_timed_out, config.retry_timed_out
 
 
 def _check_url(url: str, key: NodePath, problems: Problems) -> None:

@@ -8,7 +8,7 @@ the loaded rules to check (a rule or template name that does not exist).
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from crm_notify.rules._testing_spec import (
     DEFAULT_USER_ID,
     CaseSpec,
     EventSpec,
+    GateAnswerSpec,
     RuleTestFileSpec,
 )
 from crm_notify.rules._validation_errors import describe, dotted, validation_problems
@@ -74,6 +75,7 @@ class RuleTestCase:
     consent: frozenset[Purpose]
     calls: tuple[CaseCall, ...]
     expect: tuple[Expectation, ...]
+    gate: GateAnswerSpec = field(default_factory=GateAnswerSpec)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -164,6 +166,7 @@ class _CaseLoader:
             consent=frozenset(spec.contact.consent) if spec.contact is not None else frozenset(),
             calls=tuple(calls),
             expect=tuple(self._expectations(loc, spec)),
+            gate=spec.gate or GateAnswerSpec(),
         )
 
     def _calls(

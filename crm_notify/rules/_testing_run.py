@@ -1,9 +1,12 @@
 """Running one rule test case: the real intake and scheduler on a simulated clock.
 
 Each case gets a fresh in-memory SQLite database. The clock (the caller's running freezegun
-freezer) jumps from one moment that matters to the next: the next call's arrival or the next
-pending timer's due time, whichever comes first, until ``until``. At each moment the calls
-arriving then are ingested, one request each, and a scheduler pass runs.
+freezer) jumps from one moment that matters to the next: the next call's arrival, the next
+pending timer's due time, or the next moment a send gate is answered or times out, whichever
+comes first, until ``until``. At each moment the calls arriving then are ingested, one request
+each, a scheduler pass runs, and the case's integration answers the gates due (its ``gate:``:
+release, reject, or none, ``after`` each gate opened); a held send counts as sent when it is
+released, a rejected or withdrawn one not at all.
 """
 
 from __future__ import annotations
@@ -18,12 +21,22 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, col, create_engine, select
 
-from crm_notify.db import import_models
+from crm_notify.clock import as_utc
+from crm_notify.db import import_models, session_scope
 from crm_notify.errors import EventValidationError, RuleFileError
+from crm_notify.gates.hold import GateHold
+from crm_notify.gates.model import Gate, GateDelivery, GateStatus
+from crm_notify.gates.payload import held_items
+from crm_notify.gates.release import cancel_item, release, time_out
 from crm_notify.guards import SendAttempt, SendPolicy, Verdict
 from crm_notify.guards.consent import ConsentGuard
 from crm_notify.intake import Intake
-from crm_notify.outbox.models import Decision, DecisionOutcome, Notification
+from crm_notify.outbox.models import (
+    Decision,
+    DecisionOutcome,
+    Notification,
+    NotificationStatus,
+)
 from crm_notify.rules._testing_load import Expectation, RuleTestCase
 from crm_notify.rules.durations import format_duration
 from crm_notify.rules.engine import RuleSet
@@ -200,22 +213,26 @@ class _Run:
     policy: SendPolicy | None = None
     sent: list[Sent] = field(default_factory=list)
     decisions: list[DecisionNote] = field(default_factory=list)
-    _last_notification: int = 0
+    _seen: set[int] = field(default_factory=set)
     _last_decision: int = 0
 
     def run(self) -> CaseResult:
         case = self.case
         policy = case_policy(case, self.policy or SendPolicy.standard())
-        intake = Intake(engine=self.engine, rules=self.rules, policy=policy)
+        hold = GateHold(self.rules)
+        intake = Intake(engine=self.engine, rules=self.rules, policy=policy, hold=hold)
         firing = TimerFiring(rules=self.rules, policy=policy)
-        scheduler = Scheduler(engine=self.engine, fire=firing, enqueue=None, interval_s=1)
+        scheduler = Scheduler(
+            engine=self.engine, fire=firing, enqueue=None, interval_s=1, hold=hold
+        )
         pending = deque(case.calls)
         end = case.start + case.until
         moment = case.start
         for _ in range(MAX_STEPS):
             arrival = case.start + pending[0].at if pending else None
             due = self._next_due()
-            candidates = [when for when in (arrival, due) if when is not None]
+            gate_due = self._next_gate_moment()
+            candidates = [when for when in (arrival, due, gate_due) if when is not None]
             if not candidates or min(candidates) > end:
                 return self._result()
             moment = max(moment, min(candidates))
@@ -228,6 +245,7 @@ class _Run:
                     error = RuleFileError(case.path, item.line, f"the intake refused a call: {exc}")
                     return self._result(error)
             scheduler.run_once()
+            self._answer_gates(moment)
             self._collect(moment)
         error = RuleFileError(
             case.path, case.line, f"stopped after {MAX_STEPS} steps: timers keep coming due"
@@ -243,6 +261,34 @@ class _Run:
         with Session(self.engine) as session:
             return timer_repository.next_due_at(session=session)
 
+    def _next_gate_moment(self) -> datetime | None:
+        """When an open gate is next answered by the case's integration, or times out."""
+        answer = self.case.gate
+        with Session(self.engine) as session:
+            gates = session.exec(select(Gate).where(col(Gate.status) == GateStatus.OPEN)).all()
+        moments = [as_utc(gate.deadline) for gate in gates]
+        if answer.answer != "none":
+            moments += [as_utc(gate.created_at) + answer.after for gate in gates]
+        return min(moments, default=None)
+
+    def _answer_gates(self, moment: datetime) -> None:
+        """Play the case's integration: every gate has heard (it is notified); those due are
+        released or rejected, as the case says, and those past their deadline time out."""
+        answer = self.case.gate
+        with session_scope(self.engine) as session:
+            gates = session.exec(select(Gate).where(col(Gate.status) == GateStatus.OPEN)).all()
+            for gate in gates:
+                gate.delivery = GateDelivery.NOTIFIED
+                session.add(gate)
+                if as_utc(gate.deadline) <= moment:
+                    time_out(session, gate)
+                elif answer.answer != "none" and as_utc(gate.created_at) + answer.after <= moment:
+                    if answer.answer == "reject":
+                        for item in held_items(session, gate):
+                            assert item.id is not None
+                            cancel_item(session, gate, item.id, reason=answer.reason or "")
+                    release(session, gate)
+
     def _concerned(self, rule: str) -> bool:
         if self.case.rule is not None:
             return rule == self.case.rule
@@ -254,7 +300,8 @@ class _Run:
         with Session(self.engine) as session:
             notifications = session.exec(
                 select(Notification)
-                .where(col(Notification.id) > self._last_notification)
+                .where(col(Notification.status) != NotificationStatus.GATED.value)
+                .where(col(Notification.id).not_in(self._seen))
                 .order_by(col(Notification.id))
             ).all()
             decisions = session.exec(
@@ -264,8 +311,9 @@ class _Run:
             ).all()
         for notification in notifications:
             assert notification.id is not None
-            self._last_notification = notification.id
-            if self._concerned(notification.rule):
+            self._seen.add(notification.id)
+            cancelled = notification.status == NotificationStatus.CANCELLED
+            if self._concerned(notification.rule) and not cancelled:
                 rule = self.rules.by_name(notification.rule)
                 step = rule.steps[notification.step].name if rule is not None else "?"
                 self.sent.append(

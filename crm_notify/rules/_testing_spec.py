@@ -7,7 +7,7 @@ problems read like a rule file's: ``rules/x.test.yaml:12: unknown key 'tracks'``
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -112,6 +112,19 @@ class ExpectSpec(_Spec):
     at: _Offset | None = None
 
 
+class GateAnswerSpec(_Spec):
+    """``gate``: how the integration answers the case's gates (gated rules only).
+
+    ``release`` (the default): it finishes each gate ``after`` it opened, releasing its items;
+    ``reject``: it rejects every item then (with ``reason``), and the rule's ``on_rejected``
+    follows; ``none``: it never answers, and the gate's timeout decides.
+    """
+
+    answer: Literal["release", "reject", "none"] = "release"
+    after: _Offset = timedelta(0)
+    reason: _NonEmptyStr | None = None
+
+
 class CaseSpec(_Spec):
     """One case of ``cases``."""
 
@@ -121,6 +134,7 @@ class CaseSpec(_Spec):
     events: list[EventSpec] = Field(default_factory=list)
     until: _Offset | None = None
     rule: _RuleName | None = None
+    gate: GateAnswerSpec | None = None
     expect: list[ExpectSpec]
 
 

@@ -94,7 +94,8 @@ class TimerFiring:
         cart_id = timer.entity_id if timer.entity_type == "cart" else None
         context = current_context(session, event=event, contact=contact, cart_id=cart_id)
         contact_id = contact.id if contact else None
-        deferred = timer.kind == TimerKind.DEFERRED
+        # A deferred send (or a gate's retry of one) passed its conditions when it was decided.
+        deferred = timer.kind in (TimerKind.DEFERRED, TimerKind.GATE_RETRY)
 
         def record(status: TimerStatus, reason: str) -> list[int]:
             skip(

@@ -33,12 +33,15 @@ class TimerKind(enum.StrEnum):
 
     ``step``: the rule step it names is due. ``deferred``: a send the guards deferred (quiet
     hours, a rate limit) is retried; ``payload`` holds its idempotency key. ``digest``: sends
-    over a rate limit, collected in ``payload``, go out as one message.
+    over a rate limit, collected in ``payload``, go out as one message. ``gate_retry``: a send
+    that a send gate rejected or timed out is tried again (guards and gate again); ``payload``
+    holds the new idempotency key and the notification it follows.
     """
 
     STEP = "step"
     DEFERRED = "deferred"
     DIGEST = "digest"
+    GATE_RETRY = "gate_retry"
 
 
 class Timer(SQLModel, table=True):

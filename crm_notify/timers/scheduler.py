@@ -18,7 +18,7 @@ from sqlmodel import Session
 
 from crm_notify.clock import now
 from crm_notify.db import session_scope
-from crm_notify.gates.hold import GateHold, HoldResult
+from crm_notify.gates.hold import GateHold, HoldResult, PassGates
 from crm_notify.timers import repository
 from crm_notify.timers.models import Timer, TimerStatus
 
@@ -41,7 +41,8 @@ class Scheduler:
         enqueue: hands the notifications created by a pass to the broker, after the commit.
         interval_s: seconds between passes.
         batch_size: timers per transaction.
-        hold: puts the sends of gated rules of each pass on hold (one gate per rule).
+        hold: puts the sends of gated rules of each pass on hold (one gate per rule and step
+            for the whole pass, handed to the gate runner when the pass ends).
     """
 
     def __init__(
@@ -56,7 +57,7 @@ class Scheduler:
     ) -> None:
         self._engine = engine
         self._hold = hold
-        self._opened: list[int] = []
+        self._pass_gates: PassGates = {}
         self._fire = fire
         self._enqueue = enqueue
         self._interval_s = interval_s
@@ -67,37 +68,56 @@ class Scheduler:
     def run_once(self, *, max_batches: int = 50) -> int:
         """Fire every timer due now (up to ``max_batches`` batches); return how many fired."""
         fired = 0
-        for _ in range(max_batches):
-            count, notification_ids = self._run_batch()
-            fired += count
-            if self._opened and self._hold is not None:  # committed: the integration may hear
-                self._hold.after_commit(HoldResult(gate_ids=self._opened))
-                self._opened = []
-            if notification_ids and self._enqueue is not None:
-                try:
-                    self._enqueue(notification_ids)
-                except Exception:  # the outbox relay requeues them
-                    logger.exception("enqueue after a scheduler pass failed")
-            if count < self._batch_size:
-                break
+        self._pass_gates = {}
+        try:
+            for _ in range(max_batches):
+                count, notification_ids = self._run_batch()
+                fired += count
+                if notification_ids and self._enqueue is not None:
+                    try:
+                        self._enqueue(notification_ids)
+                    except Exception:  # the outbox relay requeues them
+                        logger.exception("enqueue after a scheduler pass failed")
+                if count < self._batch_size:
+                    break
+        finally:
+            self._gates_ready()
         return fired
+
+    def _gates_ready(self) -> None:
+        """The pass has ended: its gates go to the integration, with all they hold."""
+        gate_ids = list(self._pass_gates.values())
+        self._pass_gates = {}
+        if not gate_ids or self._hold is None:
+            return
+        try:
+            with session_scope(self._engine) as session:
+                self._hold.ready(session, gate_ids)
+        except Exception:  # the runner notifies them once their pass lease has passed
+            logger.exception("could not release the gates of a scheduler pass to the runner")
+            return
+        self._hold.after_commit(HoldResult(gate_ids=gate_ids))
 
     def _run_batch(self) -> tuple[int, list[int]]:
         # Fast path: the whole batch in one transaction. Should any timer fail, the batch is
         # rolled back and fired again timer by timer, each in a savepoint.
+        gates = dict(self._pass_gates)  # kept only once the batch has committed
         try:
             with session_scope(self._engine) as session:
                 timers = repository.claim_due(session=session, moment=now(), limit=self._batch_size)
                 notification_ids: list[int] = []
                 for timer in timers:
                     notification_ids += self._fire(session, timer)
-                return len(timers), self._held(session, notification_ids)
+                released = self._held(session, notification_ids, gates)
+            self._pass_gates = gates
+            return len(timers), released
         except Exception:
             logger.warning("a timer failed to fire; firing the batch one timer at a time")
         return self._run_batch_isolated()
 
     def _run_batch_isolated(self) -> tuple[int, list[int]]:
         notification_ids: list[int] = []
+        gates = dict(self._pass_gates)
         with session_scope(self._engine) as session:
             timers = repository.claim_due(session=session, moment=now(), limit=self._batch_size)
             for timer in timers:
@@ -122,15 +142,16 @@ class Scheduler:
                         status=TimerStatus.SKIPPED,
                         reason=f"error while firing: {type(exc).__name__}",
                     )
-            return len(timers), self._held(session, notification_ids)
+            released = self._held(session, notification_ids, gates)
+        self._pass_gates = gates
+        return len(timers), released
 
-    def _held(self, session: Session, notification_ids: list[int]) -> list[int]:
-        """The ids to enqueue once the gated rules' sends of this pass are put on hold."""
+    def _held(self, session: Session, notification_ids: list[int], gates: PassGates) -> list[int]:
+        """The ids to enqueue once the gated rules' sends of this batch are put on hold (in
+        ``gates``, the pass's gates)."""
         if self._hold is None:
             return notification_ids
-        held = self._hold.hold(session, notification_ids, batch=True)
-        self._opened += held.gate_ids
-        return held.released
+        return self._hold.hold(session, notification_ids, batch=True, pass_gates=gates).released
 
     def start(self) -> None:
         """Run passes in a daemon thread until :meth:`stop`."""

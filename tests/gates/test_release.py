@@ -13,6 +13,7 @@ from sqlmodel import Session, col
 from crm_notify.clock import now
 from crm_notify.db import session_scope
 from crm_notify.errors import GateClosedError
+from crm_notify.gates.follow_up import REJECTED_SUFFIX
 from crm_notify.gates.model import Gate, GateDelivery, OnTimeout
 from crm_notify.gates.notify import (
     FIRST_RETRY_DELAY,
@@ -22,13 +23,7 @@ from crm_notify.gates.notify import (
     record_attempt,
     retry_delay,
 )
-from crm_notify.gates.release import (
-    REJECTED_SUFFIX,
-    cancel_item,
-    clean_reason,
-    release,
-    time_out,
-)
+from crm_notify.gates.release import cancel_item, clean_reason, release, time_out
 from crm_notify.gates.tokens import GateAction, check_gate_token, gate_token
 from crm_notify.outbox.models import Notification
 from tests.gates._support import (

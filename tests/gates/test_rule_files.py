@@ -14,6 +14,7 @@ from crm_notify.gates.model import (
     DEFAULT_GATE_TIMEOUT,
     GateAuth,
     GateConfig,
+    GateRetry,
     OnTimeout,
     gate_config_from_json,
     gate_config_json,
@@ -358,7 +359,39 @@ _AUTH = "(write auth: {basic: ${USER}:${PASSWORD}} or auth: {header: X-Token, to
         ),
         (
             "url: https://g.example/\non_rejected: {template: cart_later, delay: 1h}",
-            "7: unknown key 'delay' (expected one of: template)",
+            "7: unknown key 'delay' (expected one of: template, retry_after, retries)",
+        ),
+        # follow-up retries
+        (
+            "url: https://g.example/\non_rejected: {template: cart_later, retry_after: 1h}",
+            "7: 'gate.on_rejected' takes either 'template' (send another template) or "
+            "'retry_after' (try the same send again later), not both",
+        ),
+        (
+            "url: https://g.example/\non_rejected: {retries: 2}",
+            "7: 'gate.on_rejected' needs 'template' (send another template) or 'retry_after' "
+            "(try the same send again later)",
+        ),
+        (
+            "url: https://g.example/\non_rejected: {template: cart_later, retries: 2}",
+            "7: 'gate.on_rejected' uses 'retries' only with 'retry_after'",
+        ),
+        (
+            "url: https://g.example/\non_rejected: {retry_after: 0s}",
+            "7: 'gate.on_rejected.retry_after' must be more than zero, got '0s'",
+        ),
+        (
+            "url: https://g.example/\non_rejected: {retry_after: 31d}",
+            "7: 'gate.on_rejected.retry_after' must be at most 30d, got '31d'",
+        ),
+        (
+            "url: https://g.example/\non_rejected: {retry_after: 1h, retries: 11}",
+            "7: 'gate.on_rejected.retries' should be less than or equal to 10",
+        ),
+        (
+            "url: https://g.example/\non_timed_out: {retry_after: 1h}",
+            "7: 'gate.on_timed_out' is only used with 'on_timeout: drop' (with release, "
+            "timed-out sends go out as they are; set 'on_timeout: drop' or remove it)",
         ),
     ],
 )
@@ -406,6 +439,26 @@ def test_basic_auth_from_one_variable_is_checked_against_its_value(tmp_path: Pat
     ]
 
 
+def test_follow_ups_may_retry_the_send_later(tmp_path: Path) -> None:
+    # Given a gate whose rejected sends are retried once a day later and whose timed-out sends
+    # are retried three times, two hours later each
+    path = _write(
+        tmp_path,
+        _gate(
+            "url: https://g.example/\non_timeout: drop\n"
+            "on_rejected: {retry_after: 1d}\non_timed_out: {retry_after: 2h, retries: 3}"
+        ),
+    )
+    # When it is loaded
+    [rule] = load_rule_file(path, template_exists=_exists, environ=ENVIRON)
+    # Then the retries are set and no template is
+    gate = rule.gate
+    assert gate is not None
+    assert (gate.on_rejected, gate.on_timed_out) == (None, None)
+    assert gate.retry_rejected == GateRetry(after=timedelta(days=1), times=1)
+    assert gate.retry_timed_out == GateRetry(after=timedelta(hours=2), times=3)
+
+
 @pytest.mark.parametrize(
     "config",
     [
@@ -426,6 +479,12 @@ def test_basic_auth_from_one_variable_is_checked_against_its_value(tmp_path: Pat
             url="https://g.example/",
             auth=GateAuth(basic="${U}:${P}"),
             timeout=timedelta(seconds=90, microseconds=500_000),
+        ),
+        GateConfig(
+            url="https://g.example/",
+            on_timeout=OnTimeout.DROP,
+            retry_rejected=GateRetry(after=timedelta(days=1)),
+            retry_timed_out=GateRetry(after=timedelta(minutes=90, seconds=0.5), times=3),
         ),
     ],
 )
@@ -456,6 +515,8 @@ def test_gate_config_json_is_plain_and_detached(tmp_path: Path) -> None:
         "actions": [dict(action) for action in gate.actions],
         "on_rejected": "cart_rejected_alt",
         "on_timed_out": "cart_later",
+        "retry_rejected": None,
+        "retry_timed_out": None,
         "source_path": str(path),
         "source_line": 10,
     }
@@ -493,8 +554,17 @@ def test_json_schema_describes_the_gate() -> None:
     action = definitions["GateActionSpec"]
     assert action["required"] == ["id"] and action["additionalProperties"] is True
     assert len(definitions["GateAuthSpec"]["oneOf"]) == 2
-    follow_up = definitions["GateFollowUpSpec"]["properties"]["template"]
-    assert follow_up["pattern"] == TEMPLATE_NAME_PATTERN
+    follow_up = definitions["GateFollowUpSpec"]
+    assert follow_up["properties"]["template"]["anyOf"][0]["pattern"] == TEMPLATE_NAME_PATTERN
+    retry_after = follow_up["properties"]["retry_after"]["anyOf"][0]
+    assert retry_after["type"] == "string" and "pattern" in retry_after
+    assert follow_up["properties"]["retries"]["anyOf"][0] == {
+        "maximum": 10,
+        "minimum": 1,
+        "type": "integer",
+    }
+    # exactly one path: a template, or a retry (with its count)
+    assert [choice["required"] for choice in follow_up["oneOf"]] == [["template"], ["retry_after"]]
 
 
 def test_template_name_pattern_matches_the_rules() -> None:

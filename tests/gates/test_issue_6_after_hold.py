@@ -1,0 +1,271 @@
+"""What happens around a hold (issue 6): a ``cancel_on`` event withdraws held sends, quiet hours
+are checked when a held send is released into the night, a scheduler pass holds all its sends
+under one gate per rule and step, and a rejected or timed-out send can be retried later.
+
+These run the real runtime (intake, scheduler, delivery to a file outbox) on SQLite and
+PostgreSQL, with the clock frozen."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from freezegun import freeze_time
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from crm_notify.db import session_scope
+from crm_notify.events.schemas import parse_call
+from crm_notify.gates.follow_up import RETRY_MARK
+from crm_notify.gates.hold import GateHold
+from crm_notify.gates.model import Gate
+from crm_notify.gates.release import cancel_item, release, time_out
+from crm_notify.outbox.models import Decision, Notification
+from crm_notify.runtime import Runtime
+from crm_notify.timers.firing import TimerFiring
+from crm_notify.timers.models import Timer, TimerKind
+from crm_notify.timers.scheduler import Scheduler
+from tests.gates._support import history
+
+#: Never contacted here: these tests decide the gates themselves.
+GATE_URL = "https://gate.example/crm"
+
+CART_RULE = f"""\
+name: cart-gated
+trigger: {{idle_for: {{entity: cart, after: 1h}}}}
+template: welcome
+purpose: transactional
+quiet_hours: true
+cancel_on: [Order Completed]
+gate:
+  url: {GATE_URL}
+  on_timeout: drop
+  on_rejected: {{retry_after: 1d}}
+  on_timed_out: {{retry_after: 2h, retries: 2}}
+"""
+ORDER_RULE = f"""\
+name: order-gated
+trigger: {{event: Order Completed}}
+template: welcome
+purpose: transactional
+quiet_hours: false
+gate:
+  url: {GATE_URL}
+"""
+START = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def runtime(tmp_path: Path, make_settings: Any, engine: Engine) -> Iterator[Runtime]:
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    (rules_dir / "cart.yaml").write_text(CART_RULE, "utf-8")
+    (rules_dir / "order.yaml").write_text(ORDER_RULE, "utf-8")
+    built = Runtime.from_settings(make_settings(rules_dir=rules_dir), engine=engine)
+    yield built
+    built.close()
+
+
+def _call(obj: dict[str, Any], user_id: str = "u1") -> Any:
+    obj = {"userId": user_id, "timestamp": datetime.now(UTC).isoformat(), **obj}
+    return parse_call(obj, type_hint=None, received_at=datetime.now(UTC))
+
+
+def _identify(runtime: Runtime, user_id: str = "u1", **traits: Any) -> None:
+    traits = {"email": f"{user_id}@example.com", **traits}
+    runtime.intake.ingest([_call({"type": "identify", "traits": traits}, user_id)])
+
+
+def _track(runtime: Runtime, event: str, user_id: str = "u1", **properties: Any) -> None:
+    call = {"type": "track", "event": event, "properties": properties}
+    runtime.intake.ingest([_call(call, user_id)])
+
+
+def _rows(engine: Engine, rule: str = "cart-gated") -> list[Notification]:
+    with Session(engine) as session:
+        rows = session.exec(
+            select(Notification).where(Notification.rule == rule).order_by(col(Notification.id))
+        ).all()
+        for row in rows:
+            session.expunge(row)
+        return list(rows)
+
+
+def _reasons(engine: Engine, notification_id: int) -> list[str]:
+    with Session(engine) as session:
+        return list(
+            session.exec(
+                select(Decision.reason)
+                .where(Decision.notification_id == notification_id)
+                .order_by(col(Decision.id))
+            ).all()
+        )
+
+
+def _gate_of(session: Session, row: Notification) -> Gate:
+    gate = session.get(Gate, row.gate_id)
+    assert gate is not None
+    return gate
+
+
+def test_a_cancel_on_event_withdraws_the_carts_held_send(runtime: Runtime, engine: Engine) -> None:
+    with freeze_time(START) as clock:
+        # Given two carts left for an hour, whose reminders the gate holds
+        _identify(runtime)
+        _track(runtime, "Product Added", cart_id="C1", product_id="P1")
+        _track(runtime, "Product Added", cart_id="C2", product_id="P2")
+        clock.move_to(START + timedelta(hours=1, minutes=1))
+        runtime.scheduler.run_once()
+        first, second = _rows(engine)
+        assert (first.status, second.status) == ("gated", "gated")
+        # When the first cart becomes an order
+        _track(runtime, "Order Completed", cart_id="C1", order_id="O1")
+    # Then its held reminder is withdrawn, recorded with the reason; the other cart's stays held
+    first, second = _rows(engine)
+    assert (first.status, second.status) == ("cancelled", "gated")
+    reason = _reasons(engine, first.id or 0)[-1]
+    assert reason.startswith("withdrawn from its gate: cancelled by Order Completed (")
+    assert history(engine, first.id or 0)[-1][0] == "cancelled"
+    # And finishing the gate later releases only what is left
+    with session_scope(engine) as session:
+        assert release(session, _gate_of(session, second)) == [second.id]
+
+
+def test_a_send_released_into_the_night_waits_for_the_morning(
+    runtime: Runtime, engine: Engine
+) -> None:
+    # Given a contact in Warsaw (UTC+1 in March) and a cart reminder held at 20:00 local time
+    evening = datetime(2026, 3, 2, 18, 0, tzinfo=UTC)
+    with freeze_time(evening) as clock:
+        _identify(runtime, timezone="Europe/Warsaw")
+        _track(runtime, "Product Added", cart_id="C1", product_id="P1")
+        clock.move_to(evening + timedelta(hours=1, minutes=1))
+        runtime.scheduler.run_once()
+        [row] = _rows(engine)
+        assert row.status == "gated"
+        # When the integration releases it at 22:30 local time
+        clock.move_to(datetime(2026, 3, 2, 21, 30, tzinfo=UTC))
+        with session_scope(engine) as session:
+            assert release(session, _gate_of(session, row)) == [row.id]
+        outcome = runtime.delivery.deliver(row.id or 0)
+        # Then it is not sent at night: it waits for 08:00 local time, and the log says why
+        assert outcome.status == "retrying"
+        assert _rows(engine)[0].next_attempt_at == datetime(2026, 3, 3, 7, 0, tzinfo=UTC)
+        assert _reasons(engine, row.id or 0)[-1] == (
+            "deferred at delivery: quiet hours until 08:00 Europe/Warsaw"
+        )
+        # And at 08:00 it goes out
+        clock.move_to(datetime(2026, 3, 3, 7, 0, 1, tzinfo=UTC))
+        assert runtime.delivery.deliver(row.id or 0).status == "sent"
+
+
+def test_a_rule_without_quiet_hours_is_sent_at_night(runtime: Runtime, engine: Engine) -> None:
+    # Given an order confirmation held by its gate, released at 23:30 UTC
+    night = datetime(2026, 3, 2, 23, 30, tzinfo=UTC)
+    with freeze_time(night):
+        _identify(runtime)
+        _track(runtime, "Order Completed", order_id="O1")
+        [row] = _rows(engine, "order-gated")
+        with session_scope(engine) as session:
+            assert release(session, _gate_of(session, row)) == [row.id]
+        # Then its rule's quiet_hours: false holds: it is sent at once
+        assert runtime.delivery.deliver(row.id or 0).status == "sent"
+
+
+def test_one_scheduler_pass_holds_all_its_sends_under_one_gate(
+    runtime: Runtime, engine: Engine
+) -> None:
+    # Given five carts left for an hour, and a scheduler firing two timers per transaction
+    scheduler = Scheduler(
+        engine=engine,
+        fire=TimerFiring(rules=runtime.rules, policy=runtime.policy),
+        enqueue=None,
+        interval_s=1,
+        batch_size=2,
+        hold=GateHold(runtime.rules),
+    )
+    with freeze_time(START) as clock:
+        for number in range(5):
+            _identify(runtime, f"u{number}")
+            _track(runtime, "Product Added", f"u{number}", cart_id=f"C{number}", product_id="P")
+        clock.move_to(START + timedelta(hours=1, minutes=1))
+        # When one pass fires them in three transactions
+        assert scheduler.run_once() == 5
+        # Then one gate holds all five, ready for the runner now that the pass has ended
+        with Session(engine) as session:
+            gates = session.exec(select(Gate)).all()
+            assert len(gates) == 1
+            assert gates[0].next_delivery_at is not None
+            assert gates[0].next_delivery_at <= START + timedelta(hours=1, minutes=1)
+        assert {row.gate_id for row in _rows(engine)} == {gates[0].id}
+        assert len(_rows(engine)) == 5
+
+
+def test_a_rejected_send_is_retried_once_a_day_later(runtime: Runtime, engine: Engine) -> None:
+    with freeze_time(START) as clock:
+        # Given a held cart reminder
+        _identify(runtime)
+        _track(runtime, "Product Added", cart_id="C1", product_id="P1")
+        clock.move_to(START + timedelta(hours=1, minutes=1))
+        runtime.scheduler.run_once()
+        [original] = _rows(engine)
+        # When the integration rejects it
+        with session_scope(engine) as session:
+            result = cancel_item(session, _gate_of(session, original), original.id or 0, reason="")
+        # Then nothing is sent now; a retry is due a day later, and the log says so
+        assert result.notification_ids == []
+        rejected_at = START + timedelta(hours=1, minutes=1)
+        assert _reasons(engine, original.id or 0)[-2:] == [
+            "rejected by the gate: no reason given",
+            f"rejected by gate {_gate_public_id(engine, original)}: tried again at "
+            f"{rejected_at + timedelta(days=1):%Y-%m-%d %H:%M} UTC (retry 1 of 1)",
+        ]
+        with Session(engine) as session:
+            [timer] = session.exec(select(Timer).where(Timer.kind == TimerKind.GATE_RETRY)).all()
+        assert timer.due_at == rejected_at + timedelta(days=1)
+        # When the day has passed
+        clock.move_to(rejected_at + timedelta(days=1, seconds=1))
+        runtime.scheduler.run_once()
+        # Then the same send is decided again and held by a new gate
+        original, retry = _rows(engine)
+        assert retry.idempotency_key == original.idempotency_key + f"{RETRY_MARK}1"
+        assert retry.status == "gated" and retry.gate_id not in (None, original.gate_id)
+        # And when that one is rejected too, it is final: no retry is left
+        with session_scope(engine) as session:
+            cancel_item(session, _gate_of(session, retry), retry.id or 0, reason="still no")
+        assert _reasons(engine, retry.id or 0)[-1].endswith("no retry left (retries: 1)")
+        with Session(engine) as session:
+            assert len(session.exec(select(Timer).where(Timer.kind == "gate_retry")).all()) == 1
+
+
+def test_timed_out_sends_are_retried_and_a_cancel_on_event_stops_the_retry(
+    runtime: Runtime, engine: Engine
+) -> None:
+    with freeze_time(START) as clock:
+        # Given a held cart reminder whose gate times out (on_timeout: drop, retried in 2h)
+        _identify(runtime)
+        _track(runtime, "Product Added", cart_id="C1", product_id="P1")
+        clock.move_to(START + timedelta(hours=1, minutes=1))
+        runtime.scheduler.run_once()
+        [original] = _rows(engine)
+        with session_scope(engine) as session:
+            assert time_out(session, _gate_of(session, original)) == []
+        assert original.id is not None
+        assert "(retry 1 of 2)" in _reasons(engine, original.id)[-1]
+        # When the cart becomes an order before the retry is due
+        _track(runtime, "Order Completed", cart_id="C1", order_id="O1")
+        clock.move_to(START + timedelta(hours=3, minutes=2))
+        runtime.scheduler.run_once()
+    # Then the retry is cancelled with the rule's other steps: nothing more is sent
+    assert len(_rows(engine)) == 1
+    with Session(engine) as session:
+        [timer] = session.exec(select(Timer).where(Timer.kind == TimerKind.GATE_RETRY)).all()
+    assert timer.status == "cancelled"
+
+
+def _gate_public_id(engine: Engine, row: Notification) -> str:
+    with Session(engine) as session:
+        return _gate_of(session, row).public_id
