@@ -358,8 +358,9 @@ def rules_test(ctx: _Context, path: Path | None) -> None:
     PATH is a directory, a test file, or a rule file (its <name>.test.yaml runs). Rules load
     from CRM_NOTIFY_RULES_DIR, or from PATH (or its folder) when that is outside it. Each case
     runs the real intake and scheduler on a fresh in-memory database with a simulated clock
-    that jumps to each event and due timer. Exit status: 0 all passed, 1 a case failed (the
-    report shows expected vs got), 2 an invalid test or rule file (file:line: reason).
+    that jumps to each event, due timer and gate answer or deadline. Exit status: 0 all
+    passed, 1 a case failed (the report shows expected vs got), 2 an invalid test or rule file
+    (file:line: reason).
 
     \b
     rules/<name>.test.yaml:
@@ -377,6 +378,8 @@ def rules_test(ctx: _Context, path: Path | None) -> None:
             # `user_id: u2` (another contact's call)
           until: 200h                  # optional: run up to here (default last event + 30d)
           rule: abandoned-cart         # optional: only this rule's notifications count
+          gate: {answer: release, after: 10m}   # optional, gated rules: release (default),
+                                       # reject (reason: ...) or none (the timeout decides)
           expect:                      # exactly these, in order ([] = none)
             - {rule: abandoned-cart, template: abandoned_cart, at: 78h}   # at: within 1m
             - {template: abandoned_cart_reminder}       # rule from `rule:`; any time

@@ -233,8 +233,7 @@ class _CaseLoader:
                     f"expects rule '{rule_name}', but the case only looks at '{spec.rule}'",
                 )
             rule = self._check_rule((*item_loc, "rule"), rule_name)
-            templates = [step.template for step in rule.steps if step.template] if rule else []
-            templates += [action.name for action in rule.actions] if rule else []
+            templates = _templates_of(rule) if rule else []
             if rule is not None and item.template not in templates:
                 self.problem(
                     (*item_loc, "template"),
@@ -270,3 +269,13 @@ def _call_object(event: EventSpec, user_id: str) -> dict[str, Any]:
     elif "userId" not in obj and "anonymousId" not in obj:
         obj["userId"] = user_id
     return obj
+
+
+def _templates_of(rule: Rule) -> list[str]:
+    """What ``rule`` may send: its steps' templates, its digest template, its webhook actions
+    and its send gate's follow-up templates."""
+    templates = [step.template for step in rule.steps if step.template]
+    gate = rule.gate
+    extra = [rule.digest_template, gate and gate.on_rejected, gate and gate.on_timed_out]
+    templates += [name for name in extra if name and name not in templates]
+    return templates + [action.name for action in rule.actions]

@@ -25,22 +25,28 @@ Format (YAML 1.2, read like rule files; unknown keys are errors)::
             # user_id: u2              #   optional: another contact's call
         until: 200h                    # optional: run up to this offset (default: last event + 30d)
         rule: abandoned-cart           # optional: only this rule's notifications count
+        gate: {answer: release, after: 0s}  # optional, for gated rules: how the integration
+                                       #   answers each gate `after` it opened: release
+                                       #   (default), reject (with `reason:`), or none (the
+                                       #   gate's timeout decides)
         expect:                        # required: exactly these notifications, in order ([] = none)
           - {rule: abandoned-cart, template: abandoned_cart, at: 78h}
           - {template: abandoned_cart_reminder, at: 150h}   # `rule` defaults to the case's
 
 Durations are written as in rule files (``48h``, ``1d12h``, ``PT48H``, ``0``). An expected
-``at`` must match the moment the send was decided within a minute; without ``at`` any time
-matches.
+``at`` must match the moment the send was decided (for a send a gate held: released) within a
+minute; without ``at`` any time matches. A send a gate rejected, dropped or withdrew is not
+sent; the follow-ups its rule names (another template, a retry) are.
 
 Each case runs on a fresh in-memory SQLite database with the real intake and scheduler and the
 rules under test. The clock is frozen (freezegun) and jumps from one moment that matters to
-the next: the next call's arrival, or the next pending timer's due time, until ``until``
-(inclusive); at each moment the calls arriving then are ingested, one request each, and a
-scheduler pass runs. The send policy is the configured one (quiet hours, limits), its consent
-guard a :class:`CaseConsentGuard` that also counts the case's ``consent`` list as grants;
-calls may record consent too (Segment ``context.consent``, consent traits). Notifications are
-decided, not rendered or delivered.
+the next: the next call's arrival, the next pending timer's due time, or the next moment a
+gate is answered or times out, until ``until`` (inclusive); at each moment the calls arriving
+then are ingested, one request each, a scheduler pass runs, and the gates due are answered as
+the case's ``gate`` says (each gate counts as notified). The send policy is the configured
+one (quiet hours, limits), its consent guard a :class:`CaseConsentGuard` that also counts the
+case's ``consent`` list as grants; calls may record consent too (Segment
+``context.consent``, consent traits). Notifications are decided, not rendered or delivered.
 """
 
 from __future__ import annotations

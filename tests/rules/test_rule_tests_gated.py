@@ -29,7 +29,9 @@ EVENTS = "[{at: 0h, track: Product Added, properties: {cart_id: C1, product_id: 
 CONTACT = "{user_id: u1, email: alice@example.com}"
 
 
-def _run(tmp_path: Path, gate: str, *, events: str = EVENTS, until: str = "100h") -> CaseResult:
+def _run(
+    tmp_path: Path, gate: str, *, events: str = EVENTS, until: str = "100h", expect: str = "[]"
+) -> CaseResult:
     rules_dir = tmp_path / "rules"
     write_tree(rules_dir, {"cart.yaml": GATED_CART})
     case = f"""
@@ -40,7 +42,7 @@ def _run(tmp_path: Path, gate: str, *, events: str = EVENTS, until: str = "100h"
             until: {until}
             rule: cart
             {gate}
-            expect: []
+            expect: {expect}
         """
     path = rules_dir / "cart.test.yaml"
     path.write_text(textwrap.dedent(case).lstrip("\n"), "utf-8")
@@ -66,9 +68,15 @@ def test_a_release_after_a_while_sends_then(tmp_path: Path) -> None:
 
 
 def test_a_rejection_sends_the_on_rejected_template_instead(tmp_path: Path) -> None:
-    assert _sent(tmp_path, "gate: {answer: reject, after: 10m, reason: out of stock}") == [
-        "cart abandoned_cart_reminder at +2d10m"
-    ]
+    # The follow-up template may be expected like any template of the rule
+    outcome = _run(
+        tmp_path,
+        "gate: {answer: reject, after: 10m, reason: out of stock}",
+        expect="[{template: abandoned_cart_reminder, at: 48h10m}]",
+    )
+    assert outcome.passed
+    assert [sent.describe() for sent in outcome.sent] == ["cart abandoned_cart_reminder at +2d10m"]
+    assert outcome.decisions[0].reason == "rejected by the gate: out of stock"
 
 
 def test_no_answer_times_out_and_the_retry_is_held_again(tmp_path: Path) -> None:
