@@ -9,8 +9,8 @@
 
 No API key: each URI carries its own token (:mod:`crm_notify.gates.tokens`), checked first.
 A cancel or reject body is optional: ``{"reason": "..."}`` or plain text. A finish body is
-optional: ``{"items": [{"id": "<id>", "data": {...}}]}``. Bodies over 64 KiB are refused
-unread.
+optional: ``{"items": [{"id": "<id>", "data": {...}}]}``. Cancel and reject bodies over
+64 KiB, and finish bodies over 16 MiB, are refused unread; an item's data may hold 16 KiB.
 
 Status codes: 403 a missing, forged or misdirected token (another gate, item or action);
 404 no such gate, or no such item in it; 409 the gate is finished (a second finish, a cancel
@@ -46,8 +46,15 @@ from crm_notify.outbox.models import Notification
 
 logger = logging.getLogger(__name__)
 
-#: Largest request body read.
+#: Largest cancel or reject body read.
 MAX_BODY_BYTES = 64 * 1024
+#: Largest finish body read: data for every item of a large batch (about 45 bytes an item
+#: for a promo code) in one call.
+MAX_FINISH_BODY_BYTES = 16 * 1024 * 1024
+#: Largest data attached to one item (as JSON).
+MAX_ITEM_DATA_BYTES = 16 * 1024
+#: Ids per query when checking a finish body's items.
+_ID_CHUNK = 500
 #: Items per page of the download, unless ``limit`` says otherwise, and the most it may say.
 DEFAULT_PAGE = 1000
 MAX_PAGE = 5000
@@ -176,7 +183,7 @@ def make_router(
     async def finish_uri(request: Request, public_id: str) -> Response:
         try:
             check(request, public_id, GateAction.FINISH, None)
-            items_data = _items_data(await _read_body(request))
+            items_data = _items_data(await _read_body(request, limit=MAX_FINISH_BODY_BYTES))
             return JSONResponse(await run_in_threadpool(finish, public_id, items_data))
         except ApiProblem as problem:
             return problem_response(problem)
@@ -207,21 +214,22 @@ def _closed(status: str) -> ApiProblem:
     return ApiProblem(410, "gate_expired", "the gate's deadline has passed: nothing was changed")
 
 
-async def _read_body(request: Request) -> bytes:
-    """The body, at most :data:`MAX_BODY_BYTES` (read no further).
+async def _read_body(request: Request, *, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The body, at most ``limit`` bytes (read no further).
 
     Raises:
         ApiProblem: 413 a larger body.
     """
+    too_large = ApiProblem(413, "payload_too_large", f"body larger than {limit} bytes")
     declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise ApiProblem(413, "payload_too_large", f"body larger than {MAX_BODY_BYTES} bytes")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise too_large
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise ApiProblem(413, "payload_too_large", f"body larger than {MAX_BODY_BYTES} bytes")
+        if size > limit:
+            raise too_large
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -274,6 +282,9 @@ def _items_data(body: bytes) -> dict[int, dict[str, Any]]:
             raise ApiProblem(422, "invalid_request", message, f"{where}.data")
         if int(text) in found:
             raise ApiProblem(422, "invalid_request", f"{where}.id: given twice", f"{where}.id")
+        if len(json.dumps(value)) > MAX_ITEM_DATA_BYTES:
+            message = f"{where}.data: larger than {MAX_ITEM_DATA_BYTES} bytes as JSON"
+            raise ApiProblem(422, "invalid_request", message, f"{where}.data")
         found[int(text)] = value
     return found
 
@@ -282,13 +293,16 @@ def _check_items(session: Session, gate: Gate, items_data: dict[int, dict[str, A
     """Refuse (422) data for notifications that are not items of ``gate``."""
     if not items_data:
         return
-    known = set(
-        session.exec(
-            select(Notification.id)
-            .where(col(Notification.gate_id) == gate.id)
-            .where(col(Notification.id).in_(list(items_data)))
-        ).all()
-    )
+    ids = list(items_data)
+    known: set[int | None] = set()
+    for start in range(0, len(ids), _ID_CHUNK):
+        known.update(
+            session.exec(
+                select(Notification.id)
+                .where(col(Notification.gate_id) == gate.id)
+                .where(col(Notification.id).in_(ids[start : start + _ID_CHUNK]))
+            ).all()
+        )
     for index, notification_id in enumerate(items_data):
         if notification_id not in known:
             field = f"items[{index}].id"

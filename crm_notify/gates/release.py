@@ -27,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from crm_notify.actions.rows import firing_key
+from crm_notify.actions.rows import ACTION_KEY_SEPARATOR, firing_key
 from crm_notify.clock import now
 from crm_notify.errors import GateClosedError
 from crm_notify.gates._rows import NOTIFICATION, log_decisions, move_items
@@ -75,13 +75,14 @@ def release(
     """
     moment = now()
     _close(session, gate, GateStatus.FINISHED)
-    for notification_id, data in (items_data or {}).items():
+    if items_data:  # one statement, executed for every item
         session.execute(
             sa.update(NOTIFICATION)
-            .where(NOTIFICATION.c.id == notification_id)
+            .where(NOTIFICATION.c.id == sa.bindparam("item_id"))
             .where(NOTIFICATION.c.gate_id == gate.id)
             .where(NOTIFICATION.c.status == NotificationStatus.GATED.value)
-            .values(gate_data=dict(data))
+            .values(gate_data=sa.bindparam("item_data", type_=NOTIFICATION.c.gate_data.type)),
+            [{"item_id": key, "item_data": dict(data)} for key, data in items_data.items()],
         )
     moved = move_items(
         session,
@@ -96,16 +97,27 @@ def release(
 def _same_firing(session: Session, gate: Gate, notification_id: int) -> list[int]:
     """``notification_id`` and the other held rows of its firing (a rule's email and its
     webhook actions): rejecting a contact rejects all that one firing would send them."""
-    rows = session.exec(
-        select(Notification.id, Notification.idempotency_key)
+    key = session.exec(
+        select(Notification.idempotency_key)
+        .where(col(Notification.id) == notification_id)
+        .where(col(Notification.gate_id) == gate.id)
+    ).first()
+    if key is None:
+        return [notification_id]
+    firing = firing_key(key)
+    siblings = session.exec(
+        select(Notification.id)
         .where(col(Notification.gate_id) == gate.id)
         .where(col(Notification.status) == NotificationStatus.GATED.value)
+        .where(
+            sa.or_(
+                col(Notification.idempotency_key) == firing,
+                col(Notification.idempotency_key).startswith(
+                    firing + ACTION_KEY_SEPARATOR, autoescape=True
+                ),
+            )
+        )
     ).all()
-    keys = {row_id: key for row_id, key in rows}
-    if notification_id not in keys:
-        return [notification_id]
-    firing = firing_key(keys[notification_id])
-    siblings = [row_id for row_id, key in keys.items() if firing_key(key) == firing]
     return sorted({notification_id, *(i for i in siblings if i is not None)})
 
 

@@ -495,9 +495,12 @@ def test_bodies_are_checked_and_bounded(engine: Engine) -> None:
         body = world.api.last.json
         items = httpx.get(body["itemDownloadUri"]).json()["items"]
         finish = body["finishUri"]
-        too_big = httpx.post(finish, content=b"{" + b" " * (64 * 1024) + b"}")
+        too_big = httpx.post(finish, content=b"{" + b" " * (16 * 1024 * 1024) + b"}")
         assert too_big.status_code == 413
         assert httpx.post(items[0]["cancelUri"], content=b"x" * (64 * 1024 + 1)).status_code == 413
+        big_data = {"items": [{"id": items[0]["id"], "data": {"note": "x" * 16 * 1024}}]}
+        refused = httpx.post(finish, json=big_data)
+        assert refused.status_code == 422 and refused.json()["field"] == "items[0].data"
         assert httpx.post(finish, content=b"not json").status_code == 400
         assert httpx.post(finish, json=[1]).status_code == 400
         for payload, field in [
