@@ -78,7 +78,8 @@ class GateHold:
             batch: the rows come from one scheduled run (one gate per rule and step), not
                 from events (one gate per rule and event).
             pass_gates: with ``batch``, the gates this scheduler pass opened so far (updated
-                here): their rule's rows join them. Each waits for :meth:`ready`.
+                here): their rule's rows join them. Each waits for :meth:`ready` (without
+                ``pass_gates``, a gate is ready at once).
         """
         if not notification_ids or not self.active:
             return HoldResult(released=list(notification_ids))
@@ -96,6 +97,7 @@ class GateHold:
         for row in sorted(rows, key=lambda r: r.id or 0):
             groups.setdefault((row.rule, row.step if batch else row.event_id), []).append(row)
         moment = now()
+        waits_for_pass = batch and pass_gates is not None
         for (rule_name, _group), members in groups.items():
             rule = gated_rules[rule_name]
             assert rule.gate is not None
@@ -110,12 +112,14 @@ class GateHold:
                     config=gate_config_json(rule.gate),
                     created_at=moment,
                     deadline=moment + rule.gate.timeout,
-                    next_delivery_at=moment + PASS_LEASE if batch else moment,
+                    # a pass's gate waits for the pass to end (see the module docstring)
+                    next_delivery_at=moment + PASS_LEASE if waits_for_pass else moment,
                 )
                 session.add(gate)
                 session.flush()
                 assert gate.id is not None
-                if batch and pass_gates is not None:
+                if waits_for_pass:
+                    assert pass_gates is not None
                     pass_gates[(rule_name, step)] = gate.id
                 result.gate_ids.append(gate.id)
             assert gate.id is not None

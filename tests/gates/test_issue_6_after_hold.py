@@ -20,7 +20,7 @@ from sqlmodel import Session, col, select
 from crm_notify.db import session_scope
 from crm_notify.events.schemas import parse_call
 from crm_notify.gates.follow_up import RETRY_MARK
-from crm_notify.gates.hold import GateHold
+from crm_notify.gates.hold import PASS_LEASE, GateHold
 from crm_notify.gates.model import Gate
 from crm_notify.gates.release import cancel_item, release, time_out
 from crm_notify.outbox.models import Decision, Notification
@@ -179,9 +179,16 @@ def test_one_scheduler_pass_holds_all_its_sends_under_one_gate(
     runtime: Runtime, engine: Engine
 ) -> None:
     # Given five carts left for an hour, and a scheduler firing two timers per transaction
+    firing = TimerFiring(rules=runtime.rules, policy=runtime.policy)
+    seen_mid_pass: list[datetime | None] = []
+
+    def fire(session: Session, timer: Timer) -> list[int]:
+        seen_mid_pass.extend(gate.next_delivery_at for gate in session.exec(select(Gate)))
+        return firing(session, timer)
+
     scheduler = Scheduler(
         engine=engine,
-        fire=TimerFiring(rules=runtime.rules, policy=runtime.policy),
+        fire=fire,
         enqueue=None,
         interval_s=1,
         batch_size=2,
@@ -194,6 +201,9 @@ def test_one_scheduler_pass_holds_all_its_sends_under_one_gate(
         clock.move_to(START + timedelta(hours=1, minutes=1))
         # When one pass fires them in three transactions
         assert scheduler.run_once() == 5
+        # Then while the pass ran, its gate was not yet due for the runner
+        moment = START + timedelta(hours=1, minutes=1)
+        assert seen_mid_pass and all(due == moment + PASS_LEASE for due in seen_mid_pass)
         # Then one gate holds all five, ready for the runner now that the pass has ended
         with Session(engine) as session:
             gates = session.exec(select(Gate)).all()
