@@ -32,6 +32,7 @@ bench: $(STAMP)  ## Run the benchmarks and print their figures (see docs/benchma
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.timers
 	$(BIN)/python -m bench.webhooks
+	$(BIN)/python -m bench.gates
 
 lint-rules: $(STAMP)  ## Check the rule files and their templates
 	$(BIN)/crm-notify rules lint

@@ -27,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from crm_notify.actions.rows import ACTION_KEY_SEPARATOR, firing_key
+from crm_notify.actions.rows import firing_key
 from crm_notify.clock import now
 from crm_notify.errors import GateClosedError
 from crm_notify.gates._rows import NOTIFICATION, log_decisions, move_items
@@ -96,28 +96,24 @@ def release(
 
 def _same_firing(session: Session, gate: Gate, notification_id: int) -> list[int]:
     """``notification_id`` and the other held rows of its firing (a rule's email and its
-    webhook actions): rejecting a contact rejects all that one firing would send them."""
-    key = session.exec(
-        select(Notification.idempotency_key)
+    webhook actions): rejecting a contact rejects all that one firing would send them. The
+    siblings are looked up among the contact's rows (indexed), not the whole gate's."""
+    item = session.exec(
+        select(Notification.idempotency_key, Notification.contact_id)
         .where(col(Notification.id) == notification_id)
         .where(col(Notification.gate_id) == gate.id)
     ).first()
-    if key is None:
+    if item is None:
         return [notification_id]
-    firing = firing_key(key)
-    siblings = session.exec(
-        select(Notification.id)
+    key, contact_id = item
+    rows = session.exec(
+        select(Notification.id, Notification.idempotency_key)
+        .where(col(Notification.contact_id) == contact_id)
         .where(col(Notification.gate_id) == gate.id)
         .where(col(Notification.status) == NotificationStatus.GATED.value)
-        .where(
-            sa.or_(
-                col(Notification.idempotency_key) == firing,
-                col(Notification.idempotency_key).startswith(
-                    firing + ACTION_KEY_SEPARATOR, autoescape=True
-                ),
-            )
-        )
     ).all()
+    firing = firing_key(key)
+    siblings = {row_id for row_id, row_key in rows if firing_key(row_key) == firing}
     return sorted({notification_id, *(i for i in siblings if i is not None)})
 
 
