@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import platform
-import signal
 import sys
 import time
 from dataclasses import asdict
@@ -14,7 +13,7 @@ from pathlib import Path
 
 from bench import report
 from bench.scenarios import MODES, ModeResult, Options, run_mode
-from bench.services import ROOT
+from bench.services import ROOT, exit_on_signals
 
 #: Default sizes: full run, and ``--quick``.
 FULL = {"batches": 150, "warmup": 5, "embedded_delivery": 1000, "profile_batches": 30}
@@ -111,15 +110,9 @@ def machine() -> dict[str, str]:
     }
 
 
-def _exit_on_signal(signum: int, _frame: object) -> None:
-    """Turn SIGTERM/SIGHUP into SystemExit, so cleanup (processes, databases, keys) runs."""
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _exit_on_signal)
+    exit_on_signals()
     sizes = QUICK if args.quick else FULL
     names = args.mode or ["all"]
     modes = list(MODES) if "all" in names else list(dict.fromkeys(names))

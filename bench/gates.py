@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import secrets
-import signal
 import sys
 import tempfile
 import threading
@@ -502,15 +501,9 @@ def summary(results: Sequence[GateFigures]) -> str:
     return table(headers, rows)
 
 
-def _exit_on_signal(signum: int, _frame: object) -> None:
-    """Turn SIGTERM/SIGHUP into SystemExit, so cleanup (server, databases) runs."""
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _exit_on_signal)
+    services.exit_on_signals()
     sizes = args.size or list(SIZES)
     stores = list(dict.fromkeys(args.database or ["sqlite", "postgresql"]))
     tag = f"{int(time.time()) % 100000}{os.getpid() % 1000}"

@@ -209,3 +209,13 @@ def clear_redis_namespace(client: redis.Redis, namespace: str) -> int:
     for start in range(0, len(keys), 500):
         client.delete(*keys[start : start + 500])
     return len(keys)
+
+
+def exit_on_signals() -> None:
+    """Turn SIGTERM/SIGHUP into SystemExit, so cleanup (processes, databases, keys) runs."""
+
+    def _exit(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit)

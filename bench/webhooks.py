@@ -25,7 +25,6 @@ import base64
 import json
 import os
 import secrets
-import signal
 import sys
 import threading
 import time
@@ -805,15 +804,10 @@ def summary(results: list[dict[str, Any]]) -> str:
     return text
 
 
-def _exit_on_signal(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     args = parse_args(argv)
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _exit_on_signal)
+    services.exit_on_signals()
     sizes = QUICK if args.quick else FULL
 
     def size(name: str) -> int:

@@ -63,19 +63,16 @@ def after_rejected(
     Returns:
         The follow-up notifications to enqueue (none for a retry: its timer decides later).
     """
-    why = f"rejected by gate {gate.public_id}"
-    if config.on_rejected is not None:
-        return _template_follow_ups(
-            session,
-            gate,
-            ids,
-            template=config.on_rejected,
-            suffix=REJECTED_SUFFIX,
-            reason=f"follow-up of an item {why} (on_rejected)",
-        )
-    if config.retry_rejected is not None:
-        schedule_retries(session, gate, ids, retry=config.retry_rejected, why=why)
-    return []
+    return _follow_up(
+        session,
+        gate,
+        ids,
+        template=config.on_rejected,
+        retry=config.retry_rejected,
+        suffix=REJECTED_SUFFIX,
+        key="on_rejected",
+        why=f"rejected by gate {gate.public_id}",
+    )
 
 
 def after_timed_out(
@@ -86,18 +83,37 @@ def after_timed_out(
     Returns:
         The follow-up notifications to enqueue (none for a retry).
     """
-    why = f"dropped when gate {gate.public_id} timed out"
-    if config.on_timed_out is not None:
+    return _follow_up(
+        session,
+        gate,
+        ids,
+        template=config.on_timed_out,
+        retry=config.retry_timed_out,
+        suffix=TIMED_OUT_SUFFIX,
+        key="on_timed_out",
+        why=f"dropped when gate {gate.public_id} timed out",
+    )
+
+
+def _follow_up(
+    session: Session,
+    gate: Gate,
+    ids: Sequence[int],
+    *,
+    template: str | None,
+    retry: GateRetry | None,
+    suffix: str,
+    key: str,
+    why: str,
+) -> list[int]:
+    """A template follow-up, or retries, as the rule's ``key`` says (nothing when unset)."""
+    if template is not None:
+        reason = f"follow-up of an item {why} ({key})"
         return _template_follow_ups(
-            session,
-            gate,
-            ids,
-            template=config.on_timed_out,
-            suffix=TIMED_OUT_SUFFIX,
-            reason=f"follow-up of an item {why} (on_timed_out)",
+            session, gate, ids, template=template, suffix=suffix, reason=reason
         )
-    if config.retry_timed_out is not None:
-        schedule_retries(session, gate, ids, retry=config.retry_timed_out, why=why)
+    if retry is not None:
+        schedule_retries(session, gate, ids, retry=retry, why=why)
     return []
 
 

@@ -346,24 +346,7 @@ def mark_deferred(
         session=session, notification_id=notification.id, error=reason, next_attempt_at=until
     ):
         return False
-    insert_rows(
-        session,
-        Decision,
-        [
-            new_row(
-                Decision,
-                {
-                    "rule": notification.rule,
-                    "outcome": DecisionOutcome.DEFER,
-                    "reason": reason,
-                    "event_id": notification.event_id,
-                    "contact_id": notification.contact_id,
-                    "notification_id": notification.id,
-                    "details": verdict.details,
-                },
-            )
-        ],
-    )
+    _log_decision(session, notification, DecisionOutcome.DEFER, reason, verdict.details)
     return True
 
 
@@ -398,6 +381,20 @@ def mark_cancelled(
         values={"last_error": None},
     ):
         return False
+    _log_decision(
+        session, notification, DecisionOutcome.SKIP, f"cancelled at delivery: {reason}", details
+    )
+    return True
+
+
+def _log_decision(
+    session: Session,
+    notification: Notification,
+    outcome: DecisionOutcome,
+    reason: str,
+    details: dict[str, Any] | None,
+) -> None:
+    """One decision-log entry about ``notification``, taken at delivery."""
     insert_rows(
         session,
         Decision,
@@ -406,8 +403,8 @@ def mark_cancelled(
                 Decision,
                 {
                     "rule": notification.rule,
-                    "outcome": DecisionOutcome.SKIP,
-                    "reason": f"cancelled at delivery: {reason}",
+                    "outcome": outcome,
+                    "reason": reason,
                     "event_id": notification.event_id,
                     "contact_id": notification.contact_id,
                     "notification_id": notification.id,
@@ -416,7 +413,6 @@ def mark_cancelled(
             )
         ],
     )
-    return True
 
 
 def mark_queued(*, session: Session, notification_ids: Sequence[int]) -> None:
