@@ -470,25 +470,32 @@ class Intake:
             return
         reason = f"cancelled by {call.event} ({call.message_id})"
         cart_id = _cart_id(call)
-        if cart_id is not None:
+
+        def cancel_steps() -> None:
             # The event names its cart: that cart's steps stop, and the contact's steps that
-            # name no cart; so do the sends of those steps that a send gate still holds.
-            timer_repository.cancel_pending(
-                session=session,
-                rules=rules,
-                reason=reason,
-                entity_type="cart",
-                entity_id=cart_id,
-            )
+            # name no cart.
+            if cart_id is not None:
+                timer_repository.cancel_pending(
+                    session=session,
+                    rules=rules,
+                    reason=reason,
+                    entity_type="cart",
+                    entity_id=cart_id,
+                )
+            if contact_id is not None:
+                timer_repository.cancel_pending(
+                    session=session,
+                    rules=rules,
+                    reason=reason,
+                    contact_id=contact_id,
+                    only_without_entity=cart_id is not None,
+                )
+
+        cancel_steps()
+        # So do the sends of those steps that a send gate still holds...
+        if cart_id is not None:
             withdraw_held(session, rules=rules, reason=reason, cart_id=cart_id)
         if contact_id is not None:
-            timer_repository.cancel_pending(
-                session=session,
-                rules=rules,
-                reason=reason,
-                contact_id=contact_id,
-                only_without_entity=cart_id is not None,
-            )
             withdraw_held(
                 session,
                 rules=rules,
@@ -496,6 +503,8 @@ class Intake:
                 contact_id=contact_id,
                 only_without_entity=cart_id is not None,
             )
+        # ...and a retry that a rejection, committed in between, may have scheduled.
+        cancel_steps()
 
         def cancelled(timer: Timer) -> bool:
             if timer.rule not in rules:

@@ -52,6 +52,8 @@ _KEY_CHARS = 512
 _TIMER_KEY_CHARS = 767
 #: The channel template follow-ups are made for.
 _EMAIL = "email"
+#: Ids per query.
+_ID_CHUNK = 500
 _RETRY_KEY = re.compile(re.escape(RETRY_MARK) + r"(\d+)$")
 
 
@@ -139,19 +141,15 @@ def schedule_retries(
     Returns:
         The new timers.
     """
-    rows = session.exec(
-        select(Notification)
-        .where(col(Notification.id).in_(list(ids)))
-        .order_by(col(Notification.id))
-    ).all()
-    firings: dict[str, Notification] = {}
-    for row in rows:
-        firings.setdefault(firing_key(row.idempotency_key), row)
+    firings: dict[str, list[Notification]] = {}
+    for row in _rows(session, ids):
+        firings.setdefault(firing_key(row.idempotency_key), []).append(row)
     moment = now()
     due = moment + retry.after
     timers: list[Timer] = []
     entries: list[dict[str, object]] = []
-    for key, row in firings.items():
+    for key, members in firings.items():
+        row = members[0]
         number = retry_number(key) + 1
         entry = {
             "rule": row.rule,
@@ -160,20 +158,22 @@ def schedule_retries(
             "notification_id": row.id,
             "at": moment,
         }
-        if number > retry.times:
+        final = _no_retry(session, row, number, retry)
+        if final is not None:
             entries.append(
                 entry
                 | {
                     "outcome": DecisionOutcome.SKIP.value,
-                    "reason": f"{why}: no retry left (retries: {retry.times})",
+                    "reason": f"{why}: {final}",
                     "details": {"gate": gate.public_id, "retries": retry.times},
                 }
             )
             continue
         timer = _retry_timer(session, gate, row, retry_key(key, number), due=due, moment=moment)
-        if timer_repository.schedule_timer(session=session, timer=timer):
-            timers.append(timer)
-        _free_unique_key(session, key)
+        if not timer_repository.schedule_timer(session=session, timer=timer):
+            continue  # already scheduled (and logged) for this firing
+        timers.append(timer)
+        _free_unique_key(session, [member.id for member in members if member.id is not None])
         entries.append(
             entry
             | {
@@ -209,14 +209,42 @@ def _retry_timer(
     )
 
 
-def _free_unique_key(session: Session, key: str) -> None:
-    """Let the retry take the rule's ``dedupe_key`` that the cancelled send held."""
+def _no_retry(session: Session, row: Notification, number: int, retry: GateRetry) -> str | None:
+    """Why the firing of ``row`` gets no retry ``number``, or ``None`` when it gets one."""
+    if number > retry.times:
+        return f"no retry left (retries: {retry.times})"
+    origin = session.get(Timer, row.timer_id) if row.timer_id is not None else None
+    if origin is not None and origin.kind == TimerKind.DIGEST:
+        return "a digest is not retried"
+    return None
+
+
+def _free_unique_key(session: Session, ids: Sequence[int]) -> None:
+    """Let the retry take the rule's ``dedupe_key`` that the firing's cancelled rows held (the
+    email row, or the first webhook action's when the rule sends no email)."""
     session.execute(
         sa.update(NOTIFICATION)
-        .where(NOTIFICATION.c.idempotency_key == key)
+        .where(NOTIFICATION.c.id.in_(list(ids)))
         .where(NOTIFICATION.c.status == NotificationStatus.CANCELLED.value)
         .values(unique_key=None)
     )
+
+
+def _rows(
+    session: Session, ids: Sequence[int], *, channel: str | None = None
+) -> list[Notification]:
+    """The notifications ``ids`` (of ``channel`` only, when given), by id, read in chunks so a
+    large gate stays within the database's bound-parameter limits."""
+    found: list[Notification] = []
+    unique = sorted(set(ids))
+    for start in range(0, len(unique), _ID_CHUNK):
+        query = select(Notification).where(
+            col(Notification.id).in_(unique[start : start + _ID_CHUNK])
+        )
+        if channel is not None:
+            query = query.where(col(Notification.channel) == channel)
+        found += session.exec(query).all()
+    return sorted(found, key=lambda row: row.id or 0)
 
 
 def _template_follow_ups(
@@ -230,12 +258,7 @@ def _template_follow_ups(
 ) -> list[int]:
     """A ``pending`` notification with ``template`` for each e-mail item of
     ``notification_ids`` (once per item: see the module docstring); return their ids."""
-    rows = session.exec(
-        select(Notification)
-        .where(col(Notification.id).in_(list(notification_ids)))
-        .where(col(Notification.channel) == _EMAIL)
-        .order_by(col(Notification.id))
-    ).all()
+    rows = _rows(session, notification_ids, channel=_EMAIL)
     planned = [
         PlannedDecision(
             rule=row.rule,

@@ -8,8 +8,9 @@ gate runner tells the integration once the transaction has committed.
 
 A scheduler pass fires its timers in several transactions (batches of 200): its gates collect
 the sends of every batch (``pass_gates``), and are ready for the runner only when the pass has
-ended (:meth:`GateHold.ready`), so the integration hears once, with the whole pass. Should the
-scheduler die mid-pass, what its gates hold is notified after :data:`PASS_LEASE`.
+ended (:meth:`GateHold.ready`), so the integration hears once, with the whole pass; their
+deadline counts from then. Should the scheduler die mid-pass, what its gates hold is notified
+after :data:`PASS_LEASE`, with the whole timeout still ahead.
 """
 
 from __future__ import annotations
@@ -22,9 +23,15 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from crm_notify.clock import now
+from crm_notify.clock import as_utc, now
 from crm_notify.db import insert_rows, new_row
-from crm_notify.gates.model import Gate, GateDelivery, GateStatus, gate_config_json
+from crm_notify.gates.model import (
+    Gate,
+    GateDelivery,
+    GateStatus,
+    gate_config_from_json,
+    gate_config_json,
+)
 from crm_notify.outbox.models import Notification, NotificationStatus, NotificationStatusChange
 from crm_notify.rules.engine import RuleSet
 
@@ -33,6 +40,7 @@ GATE_ID_PREFIX = "gt_"
 #: How long a scheduler pass's gate waits for the pass to end before the runner notifies it
 #: anyway (the scheduler died mid-pass).
 PASS_LEASE = timedelta(minutes=5)
+ZERO = timedelta(0)
 
 #: A scheduler pass's gates so far, by rule and step: the gate row id.
 PassGates = dict[tuple[str, int], int]
@@ -111,8 +119,9 @@ class GateHold:
                     batch=batch,
                     config=gate_config_json(rule.gate),
                     created_at=moment,
-                    deadline=moment + rule.gate.timeout,
-                    # a pass's gate waits for the pass to end (see the module docstring)
+                    # a pass's gate waits for the pass to end (see the module docstring); its
+                    # deadline is set again, from then, by ready()
+                    deadline=moment + rule.gate.timeout + (PASS_LEASE if waits_for_pass else ZERO),
                     next_delivery_at=moment + PASS_LEASE if waits_for_pass else moment,
                 )
                 session.add(gate)
@@ -154,7 +163,9 @@ class GateHold:
         gate_id = (pass_gates or {}).get(key)
         if gate_id is None:
             return None
-        gate = session.get(Gate, gate_id)
+        # Locked, so that the runner cannot time it out (nor the integration finish it, had
+        # the pass outlived its lease) while this batch adds to it.
+        gate = session.exec(select(Gate).where(col(Gate.id) == gate_id).with_for_update()).first()
         if (
             gate is not None
             and gate.batch
@@ -162,22 +173,29 @@ class GateHold:
             and gate.status == GateStatus.OPEN
             and gate.delivery == GateDelivery.PENDING
             and gate.delivery_attempts == 0
+            and as_utc(gate.deadline) > now()
         ):
             return gate
         return None
 
     def ready(self, session: Session, gate_ids: Sequence[int]) -> None:
-        """The pass that opened ``gate_ids`` has ended: the runner may notify them now."""
+        """The pass that opened ``gate_ids`` has ended: the runner may notify them now, and
+        their deadlines count from now (the integration gets the whole timeout)."""
         if not gate_ids:
             return
-        session.execute(
-            sa.update(Gate)
+        moment = now()
+        gates = session.exec(
+            select(Gate)
             .where(col(Gate.id).in_(list(gate_ids)))
+            .where(col(Gate.status) == GateStatus.OPEN.value)
             .where(col(Gate.delivery) == GateDelivery.PENDING.value)
             .where(col(Gate.delivery_attempts) == 0)
-            .values(next_delivery_at=now())
-            .execution_options(synchronize_session=False)
-        )
+            .with_for_update()
+        ).all()
+        for gate in gates:
+            gate.next_delivery_at = moment
+            gate.deadline = moment + gate_config_from_json(gate.config).timeout
+            session.add(gate)
 
     def after_commit(self, result: HoldResult) -> None:
         """Wake the gate runner when ``result`` opened gates."""

@@ -55,6 +55,17 @@ quiet_hours: false
 gate:
   url: {GATE_URL}
 """
+SMS_RULE = f"""\
+name: order-sms
+trigger: {{event: Order Completed}}
+purpose: transactional
+dedupe_key: "{{{{ event.properties.order_id }}}}"
+actions:
+  - {{type: webhook, name: sms, url: "https://sms.example/v1/messages"}}
+gate:
+  url: {GATE_URL}
+  on_rejected: {{retry_after: 1h}}
+"""
 START = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 
 
@@ -64,6 +75,7 @@ def runtime(tmp_path: Path, make_settings: Any, engine: Engine) -> Iterator[Runt
     rules_dir.mkdir()
     (rules_dir / "cart.yaml").write_text(CART_RULE, "utf-8")
     (rules_dir / "order.yaml").write_text(ORDER_RULE, "utf-8")
+    (rules_dir / "sms.yaml").write_text(SMS_RULE, "utf-8")
     built = Runtime.from_settings(make_settings(rules_dir=rules_dir), engine=engine)
     yield built
     built.close()
@@ -279,3 +291,54 @@ def test_timed_out_sends_are_retried_and_a_cancel_on_event_stops_the_retry(
 def _gate_public_id(engine: Engine, row: Notification) -> str:
     with Session(engine) as session:
         return _gate_of(session, row).public_id
+
+
+def test_a_retry_of_a_webhook_only_rule_takes_over_its_dedupe_key(
+    runtime: Runtime, engine: Engine
+) -> None:
+    # Given a rule that only calls an SMS gateway, once per order (dedupe_key), held by a gate
+    with freeze_time(START) as clock:
+        _identify(runtime)
+        _track(runtime, "Order Completed", order_id="O1")
+        [original] = _rows(engine, "order-sms")
+        assert (original.channel, original.unique_key) == ("webhook", "O1")
+        # When the integration rejects it, and the retry is due
+        with session_scope(engine) as session:
+            cancel_item(session, _gate_of(session, original), original.id or 0, reason="later")
+        clock.move_to(START + timedelta(hours=1, seconds=1))
+        runtime.scheduler.run_once()
+    # Then the retry is decided (not refused as a repeat of the order) and held again
+    original, retry = _rows(engine, "order-sms")
+    assert (original.unique_key, retry.unique_key) == (None, "O1")
+    assert retry.status == "gated" and retry.idempotency_key.endswith(f"{RETRY_MARK}1#webhook:sms")
+
+
+def test_a_pass_gate_gets_its_whole_timeout_from_the_end_of_the_pass(
+    runtime: Runtime, engine: Engine
+) -> None:
+    # Given a cart reminder held by a scheduler pass that took ten minutes
+    with freeze_time(START) as clock:
+        _identify(runtime)
+        _track(runtime, "Product Added", cart_id="C1", product_id="P1")
+        clock.move_to(START + timedelta(hours=1))
+        hold = GateHold(runtime.rules)
+        pass_gates: dict[tuple[str, int], int] = {}
+        scheduler_moment = START + timedelta(hours=1)
+        with session_scope(engine) as session:
+            [timer] = session.exec(select(Timer)).all()
+            ids = TimerFiring(rules=runtime.rules, policy=runtime.policy)(session, timer)
+            hold.hold(session, ids, batch=True, pass_gates=pass_gates)
+        with Session(engine) as session:
+            [gate] = session.exec(select(Gate)).all()
+        # Then while the pass runs the runner may not take it, and its deadline allows for that
+        assert gate.next_delivery_at == scheduler_moment + PASS_LEASE
+        assert gate.deadline == scheduler_moment + PASS_LEASE + timedelta(hours=1)
+        # When the pass ends ten minutes later
+        ended = scheduler_moment + timedelta(minutes=10)
+        clock.move_to(ended)
+        with session_scope(engine) as session:
+            hold.ready(session, list(pass_gates.values()))
+        # Then the runner may notify it now, and the integration has the whole hour from now
+        with Session(engine) as session:
+            [gate] = session.exec(select(Gate)).all()
+        assert (gate.next_delivery_at, gate.deadline) == (ended, ended + timedelta(hours=1))
