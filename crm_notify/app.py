@@ -18,6 +18,7 @@ from crm_notify.admin import suppressions as admin_suppressions
 from crm_notify.admin.consent import make_router as make_consent_router
 from crm_notify.auth.api_keys import ApiKeyAuthenticator
 from crm_notify.config import Settings
+from crm_notify.console import make_router as make_console_router
 from crm_notify.events.api import make_router
 from crm_notify.events.schemas import SegmentCall
 from crm_notify.gates.api import make_router as make_gates_router
@@ -120,6 +121,11 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         )
     )
     app.include_router(make_probe_router(names=[*webhooks, *rt.esp_providers]))
+    app.include_router(
+        make_console_router(
+            engine=rt.engine, secure_cookies=settings.base_url.startswith("https://")
+        )
+    )
 
     @app.get("/healthz", tags=["health"], summary="Liveness and database check")
     def healthz() -> JSONResponse:

@@ -52,6 +52,7 @@ LAZY_COMMANDS = {
     "kpis": ("crm_notify.commands.kpis", "kpis"),
     "outbox": ("crm_notify.commands.outbox", "outbox"),
     "suppressions": ("crm_notify.commands.suppression", "suppressions"),
+    "users": ("crm_notify.commands.users", "users"),
 }
 
 
@@ -77,6 +78,7 @@ Examples:
   crm-notify serve --port 8000               run the event API (and delivery)
   crm-notify rules lint                      check rules/ and the templates they use
   crm-notify preview order-shipped --contact alice@example.com
+  crm-notify users create ada@shop.example --role support   an account for /console
 
 Settings come from CRM_NOTIFY_* environment variables (or --env-file); see the README.""",
 )

@@ -53,6 +53,7 @@ def import_models() -> None:
     """Import every table module so that ``SQLModel.metadata`` knows all tables."""
     from crm_notify.auth import models as _auth  # noqa: F401
     from crm_notify.commerce import models as _commerce  # noqa: F401
+    from crm_notify.console import models as _console  # noqa: F401
     from crm_notify.contacts import models as _contacts  # noqa: F401
     from crm_notify.events import models as _events  # noqa: F401
     from crm_notify.gates import model as _gates  # noqa: F401

@@ -1,0 +1,360 @@
+"""The support console: server-rendered pages under ``/console`` (Jinja, no build step).
+
+::
+
+    GET  /console/sign-in                     the sign-in form
+    POST /console/sign-in                     email, password, csrf -> session cookie
+    POST /console/sign-out                    csrf
+    GET  /console?q=...                       contact search (email, user id or contact id)
+    GET  /console/contacts/{id}               the contact's timeline: events, decisions and
+                                              reasons, notifications with their status history
+    GET  /console/notifications/{id}          one notification: headers, text, HTML (in a
+                                              sandboxed iframe, scripts off), status history,
+                                              provider events
+    POST /console/contacts/{id}/suppress      admin only: add the address to the suppression list
+
+The console is off (404) until a user exists (``crm-notify users create``). Every page but
+sign-in needs a session; every form carries a CSRF token (the session's, or before sign-in a
+double-submit cookie), and a POST without the right one is refused (403). Pages are sent with a
+Content-Security-Policy that allows no script at all, and ``no-store``.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, or_, select
+
+from crm_notify.console.sessions import (
+    SESSION_COOKIE,
+    SESSION_LIFETIME,
+    SIGN_IN_CSRF_COOKIE,
+    end_session,
+    load_session,
+    new_token,
+    start_session,
+    tokens_match,
+)
+from crm_notify.console.users import SignedInUser, authenticate, console_enabled
+from crm_notify.contacts.models import Contact
+from crm_notify.db import session_scope
+from crm_notify.errors import EventValidationError
+from crm_notify.explain import explain_contact
+from crm_notify.guards.models import SuppressionReason
+from crm_notify.guards.suppression import suppress
+from crm_notify.outbox.models import Notification, NotificationStatusChange
+from crm_notify.unsubscribe.forms import read_form
+from crm_notify.webhooks.models import TrackingEventRecord
+
+#: The folder of the pages' templates.
+PAGES_DIR = Path(__file__).parent / "pages"
+#: Where the console lives.
+PREFIX = "/console"
+#: Contacts a search lists at most.
+MAX_RESULTS = 50
+#: No script may run on a console page, nor in the email shown in its sandboxed iframe.
+_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": _CSP,
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+}
+
+
+def make_router(*, engine: Engine, secure_cookies: bool) -> APIRouter:
+    """Build the console routes.
+
+    Parameters:
+        engine: the database.
+        secure_cookies: send the cookies with ``Secure`` (the service is reached over https).
+    """
+    router = APIRouter(prefix=PREFIX, include_in_schema=False)
+    templates = Environment(
+        loader=FileSystemLoader(PAGES_DIR), autoescape=select_autoescape(default=True)
+    )
+
+    def page(name: str, status: int = 200, **values: Any) -> HTMLResponse:
+        html = templates.get_template(name).render(prefix=PREFIX, **values)
+        return HTMLResponse(html, status_code=status, headers=_HEADERS)
+
+    def refused(status: int, message: str, user: SignedInUser | None = None) -> HTMLResponse:
+        return page("error.html", status, message=message, user=user)
+
+    def cookie(response: Response, name: str, value: str, max_age: int) -> None:
+        response.set_cookie(
+            name,
+            value,
+            max_age=max_age,
+            path=PREFIX,
+            secure=secure_cookies,
+            httponly=True,
+            samesite="strict",
+        )
+
+    def state(request: Request) -> tuple[bool, tuple[SignedInUser, str] | None]:
+        """Whether the console is on, and who is signed in (with the session's CSRF token)."""
+        with Session(engine) as session:
+            if not console_enabled(session):
+                return False, None
+            return True, load_session(session, request.cookies.get(SESSION_COOKIE))
+
+    async def signed_in(request: Request) -> tuple[SignedInUser, str] | Response:
+        enabled, current = await run_in_threadpool(state, request)
+        if not enabled:
+            return _off()
+        if current is None:
+            target = quote(
+                request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            )
+            return RedirectResponse(f"{PREFIX}/sign-in?next={target}", status_code=303)
+        return current
+
+    @router.get("/sign-in")
+    async def sign_in_form(request: Request) -> Response:
+        enabled, _current = await run_in_threadpool(state, request)
+        if not enabled:
+            return _off()
+        token = new_token()
+        response = page("sign_in.html", csrf=token, next=_local(request.query_params.get("next")))
+        cookie(response, SIGN_IN_CSRF_COOKIE, token, 3600)
+        return response
+
+    @router.post("/sign-in")
+    async def sign_in(request: Request) -> Response:
+        form = await read_form(request)
+        if not tokens_match(form.get("csrf"), request.cookies.get(SIGN_IN_CSRF_COOKIE)):
+            return refused(403, "The form expired or was not sent from this page: reload it.")
+
+        def check() -> str | None:
+            with session_scope(engine) as session:
+                if not console_enabled(session):
+                    return None
+                user = authenticate(session, form.get("email", ""), form.get("password", ""))
+                return start_session(session, user) if user is not None else ""
+
+        token = await run_in_threadpool(check)
+        if token is None:
+            return _off()
+        if not token:
+            fresh = new_token()
+            response = page(
+                "sign_in.html",
+                401,
+                csrf=fresh,
+                next=_local(form.get("next")),
+                error="Wrong email or password.",
+                email=form.get("email", ""),
+            )
+            cookie(response, SIGN_IN_CSRF_COOKIE, fresh, 3600)
+            return response
+        signed = RedirectResponse(_local(form.get("next")) or PREFIX, status_code=303)
+        cookie(signed, SESSION_COOKIE, token, int(SESSION_LIFETIME.total_seconds()))
+        signed.delete_cookie(SIGN_IN_CSRF_COOKIE, path=PREFIX)
+        return signed
+
+    @router.post("/sign-out")
+    async def sign_out(request: Request) -> Response:
+        current = await signed_in(request)
+        if isinstance(current, Response):
+            return current
+        form = await read_form(request)
+        if not tokens_match(form.get("csrf"), current[1]):
+            return refused(403, "The form was not sent from this console: reload the page.")
+
+        def close() -> None:
+            with session_scope(engine) as session:
+                end_session(session, request.cookies.get(SESSION_COOKIE))
+
+        await run_in_threadpool(close)
+        response = RedirectResponse(f"{PREFIX}/sign-in", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path=PREFIX)
+        return response
+
+    @router.get("")
+    async def search(request: Request) -> Response:
+        current = await signed_in(request)
+        if isinstance(current, Response):
+            return current
+        user, csrf = current
+        query = request.query_params.get("q", "").strip()[:320]
+
+        def find() -> list[Contact]:
+            with Session(engine) as session:
+                return _search(session, query)
+
+        found = await run_in_threadpool(find) if query else []
+        return page("search.html", user=user, csrf=csrf, q=query, contacts=found)
+
+    @router.get("/contacts/{contact_id}")
+    async def contact_page(request: Request, contact_id: str) -> Response:
+        current = await signed_in(request)
+        if isinstance(current, Response):
+            return current
+        user, csrf = current
+        if not _is_id(contact_id):
+            return refused(404, "No such contact.", user)
+
+        def load() -> Any:
+            with Session(engine) as session:
+                contact = session.get(Contact, int(contact_id))
+                if contact is None:
+                    return None
+                return explain_contact(session=session, contact=contact)
+
+        timeline = await run_in_threadpool(load)
+        if timeline is None:
+            return refused(404, "No such contact.", user)
+        done = request.query_params.get("done")
+        return page("contact.html", user=user, csrf=csrf, timeline=timeline, done=done)
+
+    @router.post("/contacts/{contact_id}/suppress")
+    async def suppress_contact(request: Request, contact_id: str) -> Response:
+        current = await signed_in(request)
+        if isinstance(current, Response):
+            return current
+        user, csrf = current
+        form = await read_form(request)
+        if not tokens_match(form.get("csrf"), csrf):
+            return refused(403, "The form was not sent from this console: reload the page.", user)
+        if not user.is_admin:
+            return refused(403, "Only an admin may change the suppression list.", user)
+        if not _is_id(contact_id):
+            return refused(404, "No such contact.", user)
+
+        def add() -> bool:
+            with session_scope(engine) as session:
+                contact = session.get(Contact, int(contact_id))
+                if contact is None or not contact.email:
+                    return False
+                detail = (form.get("detail") or "").strip()[:500] or None
+                suppress(
+                    session=session,
+                    email=contact.email,
+                    reason=SuppressionReason.MANUAL,
+                    created_by=f"console:{user.email}",
+                    detail=detail,
+                )
+                return True
+
+        try:
+            added = await run_in_threadpool(add)
+        except EventValidationError:
+            added = False
+        if not added:
+            return refused(404, "This contact has no address to suppress.", user)
+        target = f"{PREFIX}/contacts/{int(contact_id)}?done=suppressed"
+        return RedirectResponse(target, status_code=303)
+
+    @router.get("/notifications/{notification_id}")
+    async def notification_page(request: Request, notification_id: str) -> Response:
+        current = await signed_in(request)
+        if isinstance(current, Response):
+            return current
+        user, csrf = current
+        if not _is_id(notification_id):
+            return refused(404, "No such notification.", user)
+
+        def load() -> dict[str, Any] | None:
+            with Session(engine) as session:
+                return _notification_view(session, int(notification_id))
+
+        view = await run_in_threadpool(load)
+        if view is None:
+            return refused(404, "No such notification.", user)
+        return page("notification.html", user=user, csrf=csrf, **view)
+
+    return router
+
+
+def _is_id(text: str) -> bool:
+    """Whether ``text`` is a row id (ASCII digits, at most 18)."""
+    return text.isascii() and text.isdigit() and len(text) <= 18
+
+
+def _off() -> HTMLResponse:
+    return HTMLResponse(
+        "The console is off: create its first user with `crm-notify users create EMAIL "
+        "--role admin`.",
+        status_code=404,
+        headers=_HEADERS,
+    )
+
+
+def _local(target: str | None) -> str | None:
+    """``target`` when it is a path inside the console (no open redirect), else ``None``."""
+    if not target or not target.startswith(PREFIX) or target.startswith("//"):
+        return None
+    if any(c in target for c in "\\\r\n") or len(target) > 500:
+        return None
+    return target
+
+
+def _search(session: Session, query: str) -> list[Contact]:
+    """Contacts whose email contains ``query`` (any case), whose user id is ``query``, or whose
+    id is ``query``; by email."""
+    conditions = [
+        col(Contact.email).ilike(f"%{_escape_like(query.lower())}%", escape="\\"),
+        col(Contact.user_id) == query,
+    ]
+    if _is_id(query):
+        conditions.append(col(Contact.id) == int(query))
+    return list(
+        session.exec(
+            select(Contact).where(or_(*conditions)).order_by(col(Contact.email)).limit(MAX_RESULTS)
+        )
+    )
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _notification_view(session: Session, notification_id: int) -> dict[str, Any] | None:
+    """What the notification page shows: the row, its message's headers and parts, its status
+    history and the provider's events."""
+    row = session.get(Notification, notification_id)
+    if row is None:
+        return None
+    headers: list[tuple[str, str]] = []
+    text = html = None
+    if row.message:
+        message = email.message_from_string(row.message, policy=email.policy.default)
+        assert isinstance(message, EmailMessage)
+        headers = [(name, str(value)) for name, value in message.items()]
+        text_part = message.get_body(("plain",))
+        html_part = message.get_body(("html",))
+        text = text_part.get_content() if isinstance(text_part, EmailMessage) else None
+        html = html_part.get_content() if isinstance(html_part, EmailMessage) else None
+    history = session.exec(
+        select(NotificationStatusChange)
+        .where(NotificationStatusChange.notification_id == notification_id)
+        .order_by(col(NotificationStatusChange.id))
+    ).all()
+    events = session.exec(
+        select(TrackingEventRecord)
+        .where(TrackingEventRecord.notification_id == notification_id)
+        .order_by(col(TrackingEventRecord.received_at))
+    ).all()
+    return {
+        "notification": row,
+        "headers": headers,
+        "text": text,
+        "html": html,
+        "history": history,
+        "events": events,
+    }

@@ -1,0 +1,61 @@
+"""A running app with a contact who got a welcome mail, and console users to sign in as."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlmodel import Session, col, select
+
+from crm_notify.app import create_app
+from crm_notify.console import create_user
+from crm_notify.events.schemas import parse_call
+from crm_notify.migrations import upgrade
+from crm_notify.outbox.models import Notification
+from crm_notify.runtime import Runtime
+from tests.support.servers import serve
+
+PASSWORD = "correct horse battery"
+ADMIN = "admin@shop.example"
+SUPPORT = "support@shop.example"
+
+
+@dataclass
+class Console:
+    """The app's base URL, its runtime, and the welcome mail sent to ada@example.com."""
+
+    url: str
+    runtime: Runtime
+    contact_id: int
+    notification_id: int
+
+
+def _call(obj: dict[str, Any]) -> Any:
+    moment = datetime.now(UTC)
+    return parse_call({"timestamp": moment.isoformat(), **obj}, type_hint=None, received_at=moment)
+
+
+@pytest.fixture
+def console_app(make_settings: Any) -> Iterator[Console]:
+    runtime = Runtime.from_settings(make_settings())
+    upgrade(runtime.engine)
+    traits = {"email": "ada@example.com", "first_name": "Ada"}
+    runtime.intake.ingest([_call({"type": "identify", "userId": "u-ada", "traits": traits})])
+    with Session(runtime.engine) as session:
+        row = session.exec(select(Notification).order_by(col(Notification.id))).first()
+    assert row is not None and row.id is not None and row.contact_id is not None
+    runtime.delivery.deliver(row.id)
+    try:
+        with serve(create_app(runtime.settings, runtime=runtime)) as url:
+            yield Console(url, runtime, row.contact_id, row.id)
+    finally:
+        runtime.close()
+
+
+@pytest.fixture
+def users(console_app: Console) -> None:
+    create_user(ADMIN, PASSWORD, role="admin", engine=console_app.runtime.engine)
+    create_user(SUPPORT, PASSWORD, role="support", engine=console_app.runtime.engine)
