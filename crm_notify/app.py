@@ -19,6 +19,7 @@ from crm_notify.admin.consent import make_router as make_consent_router
 from crm_notify.auth.api_keys import ApiKeyAuthenticator
 from crm_notify.config import Settings
 from crm_notify.console import make_router as make_console_router
+from crm_notify.console.preview import ConsolePreviews
 from crm_notify.events.api import make_router
 from crm_notify.events.schemas import SegmentCall
 from crm_notify.gates.api import make_router as make_gates_router
@@ -121,9 +122,20 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         )
     )
     app.include_router(make_probe_router(names=[*webhooks, *rt.esp_providers]))
+    previews = ConsolePreviews(
+        rules=rt.rules,
+        templates=rt.templates,
+        mail_from=settings.mail_from,
+        policy=rt.policy,
+        links=rt.unsubscribe_links,
+        webhooks=rt.webhooks,
+        esps=rt.esps,
+    )
     app.include_router(
         make_console_router(
-            engine=rt.engine, secure_cookies=settings.base_url.startswith("https://")
+            engine=rt.engine,
+            secure_cookies=settings.base_url.startswith("https://"),
+            previews=previews,
         )
     )
 

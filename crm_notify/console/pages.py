@@ -13,6 +13,8 @@
                                               provider events
     POST /console/contacts/{id}/suppress      admin only: add the address to the suppression list
 
+and the preview pages of :mod:`crm_notify.console.preview_pages`.
+
 The console is off (404) until a user exists (``crm-notify users create``). Every page but
 sign-in needs a session; every form carries a CSRF token (the session's, or before sign-in a
 double-submit cookie), and a POST without the right one is refused (403). Pages are sent with a
@@ -24,28 +26,27 @@ from __future__ import annotations
 import email
 import email.policy
 from email.message import EmailMessage
-from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from fastapi.responses import RedirectResponse, Response
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, or_, select
 
+from crm_notify.console._view import PREFIX, ConsoleView, is_id, off
+from crm_notify.console.preview import ConsolePreviews
+from crm_notify.console.preview_pages import add_preview_routes
 from crm_notify.console.sessions import (
     SESSION_COOKIE,
     SESSION_LIFETIME,
     SIGN_IN_CSRF_COOKIE,
     end_session,
-    load_session,
     new_token,
     start_session,
     tokens_match,
 )
-from crm_notify.console.users import SignedInUser, authenticate, console_enabled
+from crm_notify.console.users import authenticate, console_enabled
 from crm_notify.contacts.models import Contact
 from crm_notify.db import session_scope
 from crm_notify.errors import EventValidationError
@@ -56,79 +57,31 @@ from crm_notify.outbox.models import Notification, NotificationStatusChange
 from crm_notify.unsubscribe.forms import read_form
 from crm_notify.webhooks.models import TrackingEventRecord
 
-#: The folder of the pages' templates.
-PAGES_DIR = Path(__file__).parent / "pages"
-#: Where the console lives.
-PREFIX = "/console"
 #: Contacts a search lists at most.
 MAX_RESULTS = 50
-#: No script may run on a console page, nor in the email shown in its sandboxed iframe.
-_CSP = (
-    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-src 'self'; "
-    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-)
-_HEADERS = {
-    "Cache-Control": "no-store",
-    "Content-Security-Policy": _CSP,
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-}
 
 
-def make_router(*, engine: Engine, secure_cookies: bool) -> APIRouter:
+def make_router(
+    *, engine: Engine, secure_cookies: bool, previews: ConsolePreviews | None = None
+) -> APIRouter:
     """Build the console routes.
 
     Parameters:
         engine: the database.
         secure_cookies: send the cookies with ``Secure`` (the service is reached over https).
+        previews: what rule previews and test copies need (``None``: no preview pages).
     """
     router = APIRouter(prefix=PREFIX, include_in_schema=False)
-    templates = Environment(
-        loader=FileSystemLoader(PAGES_DIR), autoescape=select_autoescape(default=True)
-    )
-
-    def page(name: str, status: int = 200, **values: Any) -> HTMLResponse:
-        html = templates.get_template(name).render(prefix=PREFIX, **values)
-        return HTMLResponse(html, status_code=status, headers=_HEADERS)
-
-    def refused(status: int, message: str, user: SignedInUser | None = None) -> HTMLResponse:
-        return page("error.html", status, message=message, user=user)
-
-    def cookie(response: Response, name: str, value: str, max_age: int) -> None:
-        response.set_cookie(
-            name,
-            value,
-            max_age=max_age,
-            path=PREFIX,
-            secure=secure_cookies,
-            httponly=True,
-            samesite="strict",
-        )
-
-    def state(request: Request) -> tuple[bool, tuple[SignedInUser, str] | None]:
-        """Whether the console is on, and who is signed in (with the session's CSRF token)."""
-        with Session(engine) as session:
-            if not console_enabled(session):
-                return False, None
-            return True, load_session(session, request.cookies.get(SESSION_COOKIE))
-
-    async def signed_in(request: Request) -> tuple[SignedInUser, str] | Response:
-        enabled, current = await run_in_threadpool(state, request)
-        if not enabled:
-            return _off()
-        if current is None:
-            target = quote(
-                request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            )
-            return RedirectResponse(f"{PREFIX}/sign-in?next={target}", status_code=303)
-        return current
+    view = ConsoleView(engine=engine, secure_cookies=secure_cookies)
+    page, refused, cookie, signed_in = view.page, view.refused, view.cookie, view.signed_in
+    if previews is not None:
+        add_preview_routes(router, view, previews)
 
     @router.get("/sign-in")
     async def sign_in_form(request: Request) -> Response:
-        enabled, _current = await run_in_threadpool(state, request)
+        enabled, _current = await run_in_threadpool(view.state, request)
         if not enabled:
-            return _off()
+            return off()
         token = new_token()
         response = page("sign_in.html", csrf=token, next=_local(request.query_params.get("next")))
         cookie(response, SIGN_IN_CSRF_COOKIE, token, 3600)
@@ -149,7 +102,7 @@ def make_router(*, engine: Engine, secure_cookies: bool) -> APIRouter:
 
         token = await run_in_threadpool(check)
         if token is None:
-            return _off()
+            return off()
         if not token:
             fresh = new_token()
             response = page(
@@ -172,9 +125,9 @@ def make_router(*, engine: Engine, secure_cookies: bool) -> APIRouter:
         current = await signed_in(request)
         if isinstance(current, Response):
             return current
-        form = await read_form(request)
-        if not tokens_match(form.get("csrf"), current[1]):
-            return refused(403, "The form was not sent from this console: reload the page.")
+        form = await view.form(request, current)
+        if isinstance(form, Response):
+            return form
 
         def close() -> None:
             with session_scope(engine) as session:
@@ -206,7 +159,7 @@ def make_router(*, engine: Engine, secure_cookies: bool) -> APIRouter:
         if isinstance(current, Response):
             return current
         user, csrf = current
-        if not _is_id(contact_id):
+        if not is_id(contact_id):
             return refused(404, "No such contact.", user)
 
         def load() -> Any:
@@ -227,13 +180,13 @@ def make_router(*, engine: Engine, secure_cookies: bool) -> APIRouter:
         current = await signed_in(request)
         if isinstance(current, Response):
             return current
-        user, csrf = current
-        form = await read_form(request)
-        if not tokens_match(form.get("csrf"), csrf):
-            return refused(403, "The form was not sent from this console: reload the page.", user)
+        user, _csrf = current
+        form = await view.form(request, current)
+        if isinstance(form, Response):
+            return form
         if not user.is_admin:
             return refused(403, "Only an admin may change the suppression list.", user)
-        if not _is_id(contact_id):
+        if not is_id(contact_id):
             return refused(404, "No such contact.", user)
 
         def add() -> bool:
@@ -266,7 +219,7 @@ def make_router(*, engine: Engine, secure_cookies: bool) -> APIRouter:
         if isinstance(current, Response):
             return current
         user, csrf = current
-        if not _is_id(notification_id):
+        if not is_id(notification_id):
             return refused(404, "No such notification.", user)
 
         def load() -> dict[str, Any] | None:
@@ -279,20 +232,6 @@ def make_router(*, engine: Engine, secure_cookies: bool) -> APIRouter:
         return page("notification.html", user=user, csrf=csrf, **view)
 
     return router
-
-
-def _is_id(text: str) -> bool:
-    """Whether ``text`` is a row id (ASCII digits, at most 18)."""
-    return text.isascii() and text.isdigit() and len(text) <= 18
-
-
-def _off() -> HTMLResponse:
-    return HTMLResponse(
-        "The console is off: create its first user with `crm-notify users create EMAIL "
-        "--role admin`.",
-        status_code=404,
-        headers=_HEADERS,
-    )
 
 
 def _local(target: str | None) -> str | None:
@@ -311,7 +250,7 @@ def _search(session: Session, query: str) -> list[Contact]:
         col(Contact.email).ilike(f"%{_escape_like(query.lower())}%", escape="\\"),
         col(Contact.user_id) == query,
     ]
-    if _is_id(query):
+    if is_id(query):
         conditions.append(col(Contact.id) == int(query))
     return list(
         session.exec(

@@ -16,7 +16,7 @@ from crm_notify.events.schemas import parse_call
 from crm_notify.migrations import upgrade
 from crm_notify.outbox.models import Notification
 from crm_notify.runtime import Runtime
-from tests.support.servers import serve
+from tests.support.servers import SmtpSink, serve
 
 PASSWORD = "correct horse battery"
 ADMIN = "admin@shop.example"
@@ -31,6 +31,7 @@ class Console:
     runtime: Runtime
     contact_id: int
     notification_id: int
+    sink: SmtpSink
 
 
 def _call(obj: dict[str, Any]) -> Any:
@@ -39,8 +40,8 @@ def _call(obj: dict[str, Any]) -> Any:
 
 
 @pytest.fixture
-def console_app(make_settings: Any) -> Iterator[Console]:
-    runtime = Runtime.from_settings(make_settings())
+def console_app(make_settings: Any, smtp_sink: SmtpSink) -> Iterator[Console]:
+    runtime = Runtime.from_settings(make_settings(esp_url=smtp_sink.url))
     upgrade(runtime.engine)
     traits = {"email": "ada@example.com", "first_name": "Ada"}
     runtime.intake.ingest([_call({"type": "identify", "userId": "u-ada", "traits": traits})])
@@ -50,7 +51,7 @@ def console_app(make_settings: Any) -> Iterator[Console]:
     runtime.delivery.deliver(row.id)
     try:
         with serve(create_app(runtime.settings, runtime=runtime)) as url:
-            yield Console(url, runtime, row.contact_id, row.id)
+            yield Console(url, runtime, row.contact_id, row.id, smtp_sink)
     finally:
         runtime.close()
 

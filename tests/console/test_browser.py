@@ -129,3 +129,26 @@ def test_a_forged_form_is_refused_and_the_admins_own_works(
     page.get_by_role("button", name="Suppress this address").click()
     expect(page.get_by_role("status")).to_have_text("Added to the suppression list.")
     expect(page.get_by_text("* — manual")).to_be_visible()
+
+
+def test_support_previews_a_rule_and_sends_a_test_copy_to_themself(
+    browser: Browser, console_app: Console, shots: Path
+) -> None:
+    page = _sign_in(browser, console_app, SUPPORT)
+    page.goto(f"{console_app.url}/console/contacts/{console_app.contact_id}")
+    page.get_by_role("link", name="Preview a rule's email for this contact").click()
+    # When support previews the welcome rule
+    page.get_by_label("Rule").select_option("welcome")
+    page.get_by_role("button", name="Preview").click()
+    # Then the dry-run verdict and the email at both widths are shown
+    expect(page.get_by_text("would be sent")).to_be_visible()
+    for width in ("desktop", "phone"):
+        expect(page.frame_locator(f"iframe.mail.{width}").locator("body")).to_contain_text("Hi Ada")
+    page.screenshot(path=shots / "console-preview.png", full_page=True)
+    # When they send a test copy to themself
+    before = len(console_app.sink.messages)
+    page.get_by_role("button", name=f"Send a test copy to {SUPPORT}").click()
+    # Then the page says so, and it arrives at the SMTP server, to them only
+    expect(page.get_by_role("status")).to_contain_text(f"A test copy went to {SUPPORT}")
+    copy = console_app.sink.wait_for(before + 1)[-1]
+    assert copy["To"] == SUPPORT and copy["Subject"].startswith("[TEST] ")

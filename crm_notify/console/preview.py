@@ -1,0 +1,106 @@
+"""Previews in the console: what a rule would send to a contact, and a test copy of it.
+
+The preview is :func:`crm_notify.preview.build_preview`, the code path of ``crm-notify
+preview``: the same templates and sandbox as a real send, and the same guards, shown as a
+dry-run verdict ("would be sent", "would be skipped: no marketing consent recorded"). Nothing
+is stored. A test copy goes to the signed-in user's own address through the configured ESPs,
+marked ``[TEST]`` and without unsubscribe links, and is never recorded as a notification.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import logging
+from dataclasses import dataclass
+
+from sqlmodel import Session
+
+from crm_notify.actions.sender import WebhookActionSender
+from crm_notify.contacts.models import Contact
+from crm_notify.esp.failover import EspChain
+from crm_notify.guards import SendPolicy
+from crm_notify.preview import Preview, build_preview
+from crm_notify.render.templates import TemplateStore
+from crm_notify.rules.engine import RuleSet
+from crm_notify.rules.model import Rule
+from crm_notify.unsubscribe.links import UnsubscribeLinks
+
+logger = logging.getLogger(__name__)
+
+#: What a test copy's subject starts with.
+TEST_PREFIX = "[TEST] "
+
+
+@dataclass(frozen=True)
+class ConsolePreviews:
+    """What previews and test copies need from the running service.
+
+    Parameters:
+        rules: the loaded rules.
+        templates: the template store.
+        mail_from: the From header.
+        policy: the send policy (its verdict is shown).
+        links: unsubscribe links, as a real send would carry them.
+        webhooks: the webhook action sender (for rules with actions).
+        esps: the ESPs a test copy goes through.
+    """
+
+    rules: RuleSet
+    templates: TemplateStore
+    mail_from: str
+    policy: SendPolicy
+    links: UnsubscribeLinks | None
+    webhooks: WebhookActionSender | None
+    esps: EspChain
+
+    def email_rules(self) -> list[Rule]:
+        """The rules that send email, by name."""
+        return sorted((r for r in self.rules.rules if r.sends_email), key=lambda r: r.name)
+
+    def languages(self, rule: Rule) -> list[str]:
+        """The languages ``rule``'s template is written in (the default one first)."""
+        return self.templates.languages(rule.template)
+
+    def preview(
+        self, session: Session, rule: Rule, contact: Contact, *, language: str | None
+    ) -> Preview:
+        """What ``rule`` would send ``contact`` now, for their latest matching event.
+
+        Raises:
+            PreviewError: no stored event to preview with.
+            RenderError: the template fails, as a real send would.
+        """
+        return build_preview(
+            session=session,
+            rule=rule,
+            contact=contact,
+            templates=self.templates,
+            mail_from=self.mail_from,
+            language=language,
+            policy=self.policy,
+            links=self.links,
+            webhooks=self.webhooks,
+        )
+
+    def send_test(self, preview: Preview, *, to_address: str, by_user: int) -> str:
+        """Send ``preview``'s email to ``to_address`` (the signed-in user) as a test copy.
+
+        Raises:
+            EspError: the ESP refused it or could not be reached.
+
+        Returns:
+            The configured name of the ESP that took it.
+        """
+        message = preview.message
+        assert message is not None
+        copy = email.message_from_string(message.as_string(), policy=email.policy.default)
+        for name in ("To", "List-Unsubscribe", "List-Unsubscribe-Post"):
+            del copy[name]
+        copy["To"] = to_address
+        subject = str(message["Subject"] or "")
+        del copy["Subject"]
+        copy["Subject"] = TEST_PREFIX + subject
+        copy["X-CRM-Notify-Test"] = "yes"
+        result = self.esps.send_text(copy.as_string(policy=email.policy.SMTP))
+        logger.info("console user %s sent a test copy through %s", by_user, result.esp)
+        return result.esp
