@@ -23,6 +23,7 @@ from crm_notify.console.preview import ConsolePreviews
 from crm_notify.events.api import make_router
 from crm_notify.events.schemas import SegmentCall
 from crm_notify.gates.api import make_router as make_gates_router
+from crm_notify.metrics import make_router as make_metrics_router
 from crm_notify.runtime import Runtime
 from crm_notify.unsubscribe.api import make_router as make_unsubscribe_router
 from crm_notify.webhooks.api import make_router as make_tracking_router
@@ -122,6 +123,12 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         )
     )
     app.include_router(make_probe_router(names=[*webhooks, *rt.esp_providers]))
+    token = settings.metrics_token
+    app.include_router(
+        make_metrics_router(
+            engine=rt.engine, token=token.get_secret_value() if token is not None else None
+        )
+    )
     previews = ConsolePreviews(
         rules=rt.rules,
         templates=rt.templates,

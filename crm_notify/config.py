@@ -199,6 +199,11 @@ class Settings(BaseSettings):
         description="Standard Webhooks signing secret (whsec_ + base64 of 24-64 bytes) of rule "
         "webhook actions without their own `secret:`; unset: those are sent unsigned.",
     )
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="When set, GET /metrics needs `Authorization: Bearer <token>`; unset: "
+        "/metrics is open (restrict it at the proxy).",
+    )
 
     @field_validator("database_url")
     @classmethod
