@@ -19,7 +19,7 @@ from crm_notify.admin.consent import make_router as make_consent_router
 from crm_notify.auth.api_keys import ApiKeyAuthenticator
 from crm_notify.config import Settings
 from crm_notify.console import make_router as make_console_router
-from crm_notify.console.preview import ConsolePreviews
+from crm_notify.console.preview import ConsoleTools
 from crm_notify.events.api import make_router
 from crm_notify.events.schemas import SegmentCall
 from crm_notify.gates.api import make_router as make_gates_router
@@ -129,7 +129,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
             engine=rt.engine, token=token.get_secret_value() if token is not None else None
         )
     )
-    previews = ConsolePreviews(
+    previews = ConsoleTools(
         rules=rt.rules,
         templates=rt.templates,
         mail_from=settings.mail_from,
@@ -137,6 +137,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         links=rt.unsubscribe_links,
         webhooks=rt.webhooks,
         esps=rt.esps,
+        rules_dir=settings.rules_dir,
+        purposes=settings.purpose_names,
     )
     app.include_router(
         make_console_router(

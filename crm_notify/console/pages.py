@@ -13,7 +13,8 @@
                                               provider events
     POST /console/contacts/{id}/suppress      admin only: add the address to the suppression list
 
-and the preview pages of :mod:`crm_notify.console.preview_pages`.
+and the pages of :mod:`crm_notify.console.preview_pages` (previews, test copies) and
+:mod:`crm_notify.console.rules_pages` (rules, lint, dry run, KPI charts).
 
 The console is off (404) until a user exists (``crm-notify users create``). Every page but
 sign-in needs a session; every form carries a CSRF token (the session's, or before sign-in a
@@ -35,8 +36,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, or_, select
 
 from crm_notify.console._view import PREFIX, ConsoleView, is_id, off
-from crm_notify.console.preview import ConsolePreviews
+from crm_notify.console.preview import ConsoleTools
 from crm_notify.console.preview_pages import add_preview_routes
+from crm_notify.console.rules_pages import add_rule_routes
 from crm_notify.console.sessions import (
     SESSION_COOKIE,
     SESSION_LIFETIME,
@@ -62,7 +64,7 @@ MAX_RESULTS = 50
 
 
 def make_router(
-    *, engine: Engine, secure_cookies: bool, previews: ConsolePreviews | None = None
+    *, engine: Engine, secure_cookies: bool, previews: ConsoleTools | None = None
 ) -> APIRouter:
     """Build the console routes.
 
@@ -76,6 +78,7 @@ def make_router(
     page, refused, cookie, signed_in = view.page, view.refused, view.cookie, view.signed_in
     if previews is not None:
         add_preview_routes(router, view, previews)
+        add_rule_routes(router, view, previews)
 
     @router.get("/sign-in")
     async def sign_in_form(request: Request) -> Response:

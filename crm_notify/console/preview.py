@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import email.policy
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlmodel import Session
 
 from crm_notify.actions.sender import WebhookActionSender
 from crm_notify.contacts.models import Contact
+from crm_notify.errors import RuleFileError
 from crm_notify.esp.failover import EspChain
 from crm_notify.guards import SendPolicy
 from crm_notify.preview import Preview, build_preview
 from crm_notify.render.templates import TemplateStore
 from crm_notify.rules.engine import RuleSet
-from crm_notify.rules.model import Rule
+from crm_notify.rules.loader import lint_rules
+from crm_notify.rules.model import BUILTIN_PURPOSES, Rule
 from crm_notify.unsubscribe.links import UnsubscribeLinks
 
 logger = logging.getLogger(__name__)
@@ -32,8 +36,8 @@ TEST_PREFIX = "[TEST] "
 
 
 @dataclass(frozen=True)
-class ConsolePreviews:
-    """What previews and test copies need from the running service.
+class ConsoleTools:
+    """What previews, test copies and the rule pages need from the running service.
 
     Parameters:
         rules: the loaded rules.
@@ -43,6 +47,8 @@ class ConsolePreviews:
         links: unsubscribe links, as a real send would carry them.
         webhooks: the webhook action sender (for rules with actions).
         esps: the ESPs a test copy goes through.
+        rules_dir: the rule files, linted for the rule pages (``None``: no lint shown).
+        purposes: the purposes rules may name (for the lint).
     """
 
     rules: RuleSet
@@ -52,6 +58,19 @@ class ConsolePreviews:
     links: UnsubscribeLinks | None
     webhooks: WebhookActionSender | None
     esps: EspChain
+    rules_dir: Path | None = None
+    purposes: tuple[str, ...] = ()
+
+    def lint(self) -> list[RuleFileError]:
+        """The problems of the rule files as they are on disk now (as ``rules lint`` finds)."""
+        if self.rules_dir is None:
+            return []
+        return lint_rules(
+            self.rules_dir,
+            template_exists=self.templates.exists,
+            purposes=self.purposes or BUILTIN_PURPOSES,
+            environ=os.environ,
+        )
 
     def email_rules(self) -> list[Rule]:
         """The rules that send email, by name."""

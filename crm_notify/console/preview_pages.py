@@ -21,7 +21,7 @@ from fastapi.responses import Response
 from sqlmodel import Session
 
 from crm_notify.console._view import ConsoleView, is_id
-from crm_notify.console.preview import ConsolePreviews
+from crm_notify.console.preview import ConsoleTools
 from crm_notify.contacts.models import Contact
 from crm_notify.errors import EspError, RenderError
 from crm_notify.preview import Preview, PreviewError
@@ -30,7 +30,7 @@ from crm_notify.preview import Preview, PreviewError
 _LANGUAGE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
 
 
-def add_preview_routes(router: APIRouter, view: ConsoleView, previews: ConsolePreviews) -> None:
+def add_preview_routes(router: APIRouter, view: ConsoleView, previews: ConsoleTools) -> None:
     """Add the preview routes to the console's ``router``."""
 
     def render(contact_id: int, rule_name: str | None, language: str | None) -> dict[str, Any]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +18,7 @@ from crm_notify.events.schemas import parse_call
 from crm_notify.migrations import upgrade
 from crm_notify.outbox.models import Notification
 from crm_notify.runtime import Runtime
+from tests.conftest import ROOT
 from tests.support.servers import SmtpSink, serve
 
 PASSWORD = "correct horse battery"
@@ -40,8 +43,10 @@ def _call(obj: dict[str, Any]) -> Any:
 
 
 @pytest.fixture
-def console_app(make_settings: Any, smtp_sink: SmtpSink) -> Iterator[Console]:
-    runtime = Runtime.from_settings(make_settings(esp_url=smtp_sink.url))
+def console_app(make_settings: Any, smtp_sink: SmtpSink, tmp_path: Path) -> Iterator[Console]:
+    rules_dir = tmp_path / "rules"  # a copy: tests may add files to it
+    shutil.copytree(ROOT / "rules", rules_dir)
+    runtime = Runtime.from_settings(make_settings(esp_url=smtp_sink.url, rules_dir=rules_dir))
     upgrade(runtime.engine)
     traits = {"email": "ada@example.com", "first_name": "Ada"}
     runtime.intake.ingest([_call({"type": "identify", "userId": "u-ada", "traits": traits})])

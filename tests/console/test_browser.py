@@ -152,3 +152,16 @@ def test_support_previews_a_rule_and_sends_a_test_copy_to_themself(
     expect(page.get_by_role("status")).to_contain_text(f"A test copy went to {SUPPORT}")
     copy = console_app.sink.wait_for(before + 1)[-1]
     assert copy["To"] == SUPPORT and copy["Subject"].startswith("[TEST] ")
+
+
+def test_an_admin_reads_the_rules_and_the_kpis(
+    browser: Browser, console_app: Console, shots: Path
+) -> None:
+    page = _sign_in(browser, console_app, ADMIN)
+    page.get_by_role("link", name="Rules").click()
+    expect(page.get_by_text("Every rule file passes")).to_be_visible()
+    page.screenshot(path=shots / "console-rules.png", full_page=True)
+    page.get_by_role("link", name="KPIs").click()
+    expect(page.get_by_role("img", name="welcome: sent per day")).to_be_visible()
+    expect(page.get_by_role("img", name="welcome: rates per day")).to_be_visible()
+    page.screenshot(path=shots / "console-kpis.png", full_page=True)
