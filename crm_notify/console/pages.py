@@ -11,9 +11,8 @@
     GET  /console/notifications/{id}          one notification: headers, text, HTML (in a
                                               sandboxed iframe, scripts off), status history,
                                               provider events
-    POST /console/contacts/{id}/suppress      admin only: add the address to the suppression list
-
-and the pages of :mod:`crm_notify.console.preview_pages` (previews, test copies) and
+and the admin's forms of :mod:`crm_notify.console.contact_actions` (suppression, consent), the
+pages of :mod:`crm_notify.console.preview_pages` (previews, test copies) and
 :mod:`crm_notify.console.rules_pages` (rules, lint, dry run, KPI charts).
 
 The console is off (404) until a user exists (``crm-notify users create``). Every page but
@@ -36,6 +35,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, or_, select
 
 from crm_notify.console._view import PREFIX, ConsoleView, is_id, off
+from crm_notify.console.contact_actions import add_contact_actions
 from crm_notify.console.preview import ConsoleTools
 from crm_notify.console.preview_pages import add_preview_routes
 from crm_notify.console.rules_pages import add_rule_routes
@@ -51,10 +51,7 @@ from crm_notify.console.sessions import (
 from crm_notify.console.users import authenticate, console_enabled
 from crm_notify.contacts.models import Contact
 from crm_notify.db import session_scope
-from crm_notify.errors import EventValidationError
 from crm_notify.explain import explain_contact
-from crm_notify.guards.models import SuppressionReason
-from crm_notify.guards.suppression import suppress
 from crm_notify.outbox.models import Notification, NotificationStatusChange
 from crm_notify.unsubscribe.forms import read_form
 from crm_notify.webhooks.models import TrackingEventRecord
@@ -76,6 +73,7 @@ def make_router(
     router = APIRouter(prefix=PREFIX, include_in_schema=False)
     view = ConsoleView(engine=engine, secure_cookies=secure_cookies)
     page, refused, cookie, signed_in = view.page, view.refused, view.cookie, view.signed_in
+    add_contact_actions(router, view, purposes=previews.purposes if previews else ())
     if previews is not None:
         add_preview_routes(router, view, previews)
         add_rule_routes(router, view, previews)
@@ -177,44 +175,6 @@ def make_router(
             return refused(404, "No such contact.", user)
         done = request.query_params.get("done")
         return page("contact.html", user=user, csrf=csrf, timeline=timeline, done=done)
-
-    @router.post("/contacts/{contact_id}/suppress")
-    async def suppress_contact(request: Request, contact_id: str) -> Response:
-        current = await signed_in(request)
-        if isinstance(current, Response):
-            return current
-        user, _csrf = current
-        form = await view.form(request, current)
-        if isinstance(form, Response):
-            return form
-        if not user.is_admin:
-            return refused(403, "Only an admin may change the suppression list.", user)
-        if not is_id(contact_id):
-            return refused(404, "No such contact.", user)
-
-        def add() -> bool:
-            with session_scope(engine) as session:
-                contact = session.get(Contact, int(contact_id))
-                if contact is None or not contact.email:
-                    return False
-                detail = (form.get("detail") or "").strip()[:500] or None
-                suppress(
-                    session=session,
-                    email=contact.email,
-                    reason=SuppressionReason.MANUAL,
-                    created_by=f"console:{user.email}",
-                    detail=detail,
-                )
-                return True
-
-        try:
-            added = await run_in_threadpool(add)
-        except EventValidationError:
-            added = False
-        if not added:
-            return refused(404, "This contact has no address to suppress.", user)
-        target = f"{PREFIX}/contacts/{int(contact_id)}?done=suppressed"
-        return RedirectResponse(target, status_code=303)
 
     @router.get("/notifications/{notification_id}")
     async def notification_page(request: Request, notification_id: str) -> Response:

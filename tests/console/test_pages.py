@@ -9,7 +9,7 @@ import httpx
 import pytest
 from sqlmodel import Session, select
 
-from crm_notify.guards.models import Suppression
+from crm_notify.guards.models import ConsentRecord, Suppression
 from tests.console.conftest import ADMIN, PASSWORD, SUPPORT, Console
 
 pytestmark = pytest.mark.usefixtures("users")
@@ -149,3 +149,42 @@ def test_next_never_leaves_the_console(console_app: Console) -> None:
         },
     )
     assert answer.headers["location"] == "/console"
+
+
+def test_an_admin_records_consent_changes_and_support_cannot(console_app: Console) -> None:
+    target = f"/console/contacts/{console_app.contact_id}/consent"
+    support, support_token = _signed_in(console_app, SUPPORT)
+    page = support.get(f"/console/contacts/{console_app.contact_id}")
+    assert "Withdraw consent" not in page.text
+    refused = support.post(
+        target, data={"csrf": support_token, "purpose": "marketing", "action": "withdraw"}
+    )
+    assert refused.status_code == 403 and "Only an admin may change consent." in refused.text
+    admin, token = _signed_in(console_app, ADMIN)
+    # A grant without a note saying how the customer consented is refused
+    bare = admin.post(target, data={"csrf": token, "purpose": "marketing", "action": "grant"})
+    assert bare.status_code == 422 and "needs a note" in bare.text
+    assert (
+        admin.post(target, data={"csrf": token, "purpose": "nope", "action": "grant"}).status_code
+        == 422
+    )
+    with Session(console_app.runtime.engine) as session:
+        assert session.exec(select(ConsentRecord)).all() == []
+    # With the note it is recorded, with who recorded it and the note as proof
+    granted = admin.post(
+        target,
+        data={"csrf": token, "purpose": "marketing", "action": "grant", "note": "phone, ticket 9"},
+    )
+    assert granted.status_code == 303 and granted.headers["location"].endswith("?done=granted")
+    withdrawn = admin.post(
+        target, data={"csrf": token, "purpose": "marketing", "action": "withdraw"}
+    )
+    assert withdrawn.status_code == 303
+    with Session(console_app.runtime.engine) as session:
+        records = session.exec(select(ConsentRecord).order_by(ConsentRecord.id)).all()
+    assert [(r.granted, r.source, r.actor, r.text_version) for r in records] == [
+        (True, "admin", f"console:{ADMIN}", "phone, ticket 9"),
+        (False, "admin", f"console:{ADMIN}", None),
+    ]
+    page = admin.get(withdrawn.headers["location"])
+    assert "Consent withdrawn." in page.text and "marketing:\n      withdrawn" in page.text
