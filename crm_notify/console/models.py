@@ -20,7 +20,12 @@ class ConsoleRole(enum.StrEnum):
 
 
 class ConsoleUser(SQLModel, table=True):
-    """A person who signs in to ``/console``; the password is stored as an Argon2id hash."""
+    """A person who signs in to ``/console``; the password is stored as an Argon2id hash.
+
+    ``failed_sign_ins`` counts wrong passwords since the last success; at
+    :data:`~crm_notify.console.users.MAX_FAILED_SIGN_INS` the account is locked until
+    ``locked_until``.
+    """
 
     __tablename__ = "console_user"
 
@@ -30,6 +35,8 @@ class ConsoleUser(SQLModel, table=True):
     password_hash: str = Field(max_length=255)
     created_at: datetime = Field(default_factory=now, sa_column=utc_column())
     last_sign_in_at: datetime | None = Field(default=None, sa_column=utc_column(nullable=True))
+    failed_sign_ins: int = 0
+    locked_until: datetime | None = Field(default=None, sa_column=utc_column(nullable=True))
 
 
 class ConsoleSession(SQLModel, table=True):

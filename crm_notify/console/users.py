@@ -5,8 +5,9 @@ The console is off until at least one user exists (:func:`console_enabled`).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -14,11 +15,16 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
-from crm_notify.clock import now
+from crm_notify.clock import as_utc, now
 from crm_notify.console.models import ConsoleRole, ConsoleUser
 from crm_notify.db import session_scope
 from crm_notify.errors import CrmNotifyError
 
+logger = logging.getLogger(__name__)
+
+#: Wrong passwords in a row that lock an account, and for how long.
+MAX_FAILED_SIGN_INS = 5
+LOCKOUT = timedelta(minutes=15)
 #: Shortest password accepted.
 MIN_PASSWORD_CHARS = 12
 #: Longest password accepted (the hash's input stays bounded).
@@ -117,20 +123,38 @@ def console_enabled(session: Session) -> bool:
 def authenticate(session: Session, email: str, password: str) -> SignedInUser | None:
     """The user whose email and password these are, or ``None`` (the same time either way).
 
-    A hash made with older parameters is replaced by one with the current ones.
+    :data:`MAX_FAILED_SIGN_INS` wrong passwords in a row lock the account for
+    :data:`LOCKOUT` (even the right password is refused then). A hash made with older
+    parameters is replaced by one with the current ones.
     """
     address = email.strip().lower()
-    user = session.exec(select(ConsoleUser).where(ConsoleUser.email == address)).first()
+    user = session.exec(
+        select(ConsoleUser).where(ConsoleUser.email == address).with_for_update()
+    ).first()
     if len(password) > MAX_PASSWORD_CHARS:
         return None
     try:
         _HASHER.verify(user.password_hash if user else _DUMMY_HASH, password)
+        verified = True
     except (VerificationError, InvalidHashError):
-        return None
+        verified = False
     if user is None or user.id is None:
+        return None
+    moment = now()
+    if user.locked_until is not None and as_utc(user.locked_until) > moment:
+        return None
+    if not verified:
+        user.failed_sign_ins += 1
+        if user.failed_sign_ins >= MAX_FAILED_SIGN_INS:
+            user.failed_sign_ins = 0
+            user.locked_until = moment + LOCKOUT
+            logger.warning("console user %s locked after repeated wrong passwords", user.id)
+        session.add(user)
         return None
     if _HASHER.check_needs_rehash(user.password_hash):
         user.password_hash = _HASHER.hash(password)
-    user.last_sign_in_at = now()
+    user.failed_sign_ins = 0
+    user.locked_until = None
+    user.last_sign_in_at = moment
     session.add(user)
     return SignedInUser(user.id, user.email, ConsoleRole(user.role))

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from freezegun import freeze_time
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from crm_notify.cli import main
 from crm_notify.console import ConsoleUser, ConsoleUserError, authenticate, create_user
 from crm_notify.console.models import ConsoleRole
-from crm_notify.console.users import console_enabled, delete_user, list_users
+from crm_notify.console.users import (
+    LOCKOUT,
+    MAX_FAILED_SIGN_INS,
+    console_enabled,
+    delete_user,
+    list_users,
+)
 from crm_notify.db import session_scope
 
 PASSWORD = "correct horse battery"
@@ -94,3 +102,28 @@ def test_users_command_creates_lists_and_deletes(make_settings: Any, engine: Eng
     assert prompted.exit_code == 0, prompted.output
     assert runner.invoke(main, ["users", "delete", "bo@example.com"], env=env).exit_code == 0
     assert [row[0] for row in list_users(engine=engine)] == ["cy@example.com"]
+
+
+def test_five_wrong_passwords_lock_the_account_for_a_while(engine: Engine) -> None:
+    create_user("ada@example.com", PASSWORD, role="support", engine=engine)
+    start = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+    with freeze_time(start) as clock:
+        # Given four wrong passwords, the right one still works and resets the count
+        for _ in range(MAX_FAILED_SIGN_INS - 1):
+            with session_scope(engine) as session:
+                assert authenticate(session, "ada@example.com", "wrong password!") is None
+        with session_scope(engine) as session:
+            assert authenticate(session, "ada@example.com", PASSWORD) is not None
+        # When five wrong ones come in a row
+        for _ in range(MAX_FAILED_SIGN_INS):
+            with session_scope(engine) as session:
+                assert authenticate(session, "ada@example.com", "wrong password!") is None
+        # Then even the right password is refused until the lockout has passed
+        with session_scope(engine) as session:
+            assert authenticate(session, "ada@example.com", PASSWORD) is None
+        clock.move_to(start + LOCKOUT - timedelta(seconds=1))
+        with session_scope(engine) as session:
+            assert authenticate(session, "ada@example.com", PASSWORD) is None
+        clock.move_to(start + LOCKOUT + timedelta(seconds=1))
+        with session_scope(engine) as session:
+            assert authenticate(session, "ada@example.com", PASSWORD) is not None
