@@ -19,7 +19,7 @@ from crm_notify.admin.consent import make_router as make_consent_router
 from crm_notify.auth.api_keys import ApiKeyAuthenticator
 from crm_notify.config import Settings
 from crm_notify.console import make_router as make_console_router
-from crm_notify.console.preview import ConsoleTools
+from crm_notify.console.preview import ConsoleTools, PlaceholderLinks
 from crm_notify.events.api import make_router
 from crm_notify.events.schemas import SegmentCall
 from crm_notify.gates.api import make_router as make_gates_router
@@ -134,7 +134,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         templates=rt.templates,
         mail_from=settings.mail_from,
         policy=rt.policy,
-        links=rt.unsubscribe_links,
+        links=PlaceholderLinks(base_url=settings.base_url),
         webhooks=rt.webhooks,
         esps=rt.esps,
         rules_dir=settings.rules_dir,

@@ -11,12 +11,15 @@ restarted target) and grow by the rows written since:
   ``rejected by the gate``), so the label stays bounded
 - ``crm_notify_sends_total{channel, esp, status}``: status changes to ``sent``, ``retrying``,
   ``failed`` and ``cancelled``
-- ``crm_notify_delivery_latency_seconds``: from the decision to the ESP's acceptance
+- ``crm_notify_delivery_latency_seconds``: from the first delivery attempt to the ESP's
+  acceptance (retries included; time held by a gate or deferred by quiet hours is not)
 - ``crm_notify_queue_depth{status}`` (a gauge): notifications ``pending``, ``queued``,
   ``sending``, ``retrying`` and ``gated`` now
 
 Rows are read by id; ids a concurrent transaction committed late (PostgreSQL hands them out
-before commit) are caught by re-reading the last :data:`LOOKBACK` ids of each table.
+before commit) are caught by re-reading the last :data:`LOOKBACK` ids of each table. Every
+serving process counts every process's rows: have Prometheus scrape one of them (or aggregate
+replicas with ``max``, not ``sum``).
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from crm_notify.events.models import Event
 from crm_notify.outbox.models import Decision, Notification, NotificationStatusChange
 
 #: Ids re-read on each scrape, to catch rows committed after a higher id was seen.
-LOOKBACK = 2000
+LOOKBACK = 10_000
 #: Upper bounds of the latency histogram's buckets, in seconds.
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
 #: Statuses a notification waits in before it is sent.
@@ -159,7 +162,7 @@ class DatabaseMetrics(Collector):
                 col(change.at),
                 col(notification.channel),
                 col(notification.esp),
-                col(notification.created_at),
+                sa.func.coalesce(col(notification.first_attempt_at), col(notification.created_at)),
             )
             .join(notification, col(notification.id) == col(change.notification_id))
             .where(col(change.id) > changes.floor)
@@ -209,7 +212,7 @@ class DatabaseMetrics(Collector):
             buckets.append(("+Inf" if bound == float("inf") else str(bound), running))
         latency = HistogramMetricFamily(
             "crm_notify_delivery_latency_seconds",
-            "Seconds from the decision to send to the ESP's acceptance.",
+            "Seconds from the first delivery attempt to the ESP's acceptance.",
         )
         latency.add_metric([], buckets, sum_value=self._latency_sum)
         yield latency

@@ -91,6 +91,8 @@ class ConsoleView:
         if not enabled:
             return off()
         if current is None:
+            if request.method != "GET":  # a form posted after the session expired
+                return RedirectResponse(f"{PREFIX}/sign-in", status_code=303)
             query = f"?{request.url.query}" if request.url.query else ""
             target = quote(request.url.path + query)
             return RedirectResponse(f"{PREFIX}/sign-in?next={target}", status_code=303)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, timedelta
 from pathlib import Path
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from crm_notify.clock import now
 from crm_notify.errors import RuleFileError
@@ -19,7 +19,7 @@ from crm_notify.rules.model import Rule
 from crm_notify.rules.triggers import EventTrigger, IdentifyTrigger, IdleTrigger, OrderStatusTrigger
 
 #: The dashboard's periods, in days, and the default.
-PERIODS = (7, 14, 30, 90)
+PERIODS = (7, 14, 30)
 DEFAULT_PERIOD = 14
 #: The rates charted, in order.
 RATES = ("delivery_rate", "open_rate", "click_rate", "bounce_rate", "complaint_rate")
@@ -98,13 +98,15 @@ def daily_kpis(
             entry.sent[index] = row.sent
             for name, value in row.rates().items():
                 entry.rates[name][index] = value
-    skips = select(Decision.rule, Decision.reason).where(
-        col(Decision.outcome) == DecisionOutcome.SKIP.value, col(Decision.at) >= starts[0]
+    skips = (
+        select(Decision.rule, Decision.reason, func.count())
+        .where(col(Decision.outcome) == DecisionOutcome.SKIP.value, col(Decision.at) >= starts[0])
+        .group_by(col(Decision.rule), col(Decision.reason))
     )
     if rule is not None:
         skips = skips.where(col(Decision.rule) == rule)
-    for name, reason in session.exec(skips):
-        of(name).skipped[reason_kind(reason)] += 1
+    for name, reason, count in session.exec(skips):
+        of(name).skipped[reason_kind(reason)] += count
     labels = [start.strftime("%m-%d") for start in starts]
     return labels, [series[name] for name in sorted(series)]
 

@@ -36,7 +36,7 @@ from sqlmodel import Session, col, or_, select
 
 from crm_notify.console._view import PREFIX, ConsoleView, is_id, off
 from crm_notify.console.contact_actions import add_contact_actions
-from crm_notify.console.preview import ConsoleTools
+from crm_notify.console.preview import ConsoleTools, redact_links
 from crm_notify.console.preview_pages import add_preview_routes
 from crm_notify.console.rules_pages import add_rule_routes
 from crm_notify.console.sessions import (
@@ -48,6 +48,7 @@ from crm_notify.console.sessions import (
     start_session,
     tokens_match,
 )
+from crm_notify.console.throttle import SignInThrottle
 from crm_notify.console.users import authenticate, console_enabled
 from crm_notify.contacts.models import Contact
 from crm_notify.db import session_scope
@@ -72,6 +73,7 @@ def make_router(
     """
     router = APIRouter(prefix=PREFIX, include_in_schema=False)
     view = ConsoleView(engine=engine, secure_cookies=secure_cookies)
+    throttle = SignInThrottle()
     page, refused, cookie, signed_in = view.page, view.refused, view.cookie, view.signed_in
     add_contact_actions(router, view, purposes=previews.purposes if previews else ())
     if previews is not None:
@@ -93,13 +95,20 @@ def make_router(
         form = await read_form(request)
         if not tokens_match(form.get("csrf"), request.cookies.get(SIGN_IN_CSRF_COOKIE)):
             return refused(403, "The form expired or was not sent from this page: reload it.")
+        if not throttle.allow(request.client.host if request.client else "?"):
+            response = refused(429, "Too many sign-in attempts from here: wait a few minutes.")
+            response.headers["Retry-After"] = str(int(throttle.window_s))
+            return response
 
         def check() -> str | None:
-            with session_scope(engine) as session:
+            with throttle.hashing, session_scope(engine) as session:
                 if not console_enabled(session):
                     return None
                 user = authenticate(session, form.get("email", ""), form.get("password", ""))
-                return start_session(session, user) if user is not None else ""
+                if user is None:
+                    return ""
+                end_session(session, request.cookies.get(SESSION_COOKIE))  # the previous one
+                return start_session(session, user)
 
         token = await run_in_threadpool(check)
         if token is None:
@@ -237,11 +246,13 @@ def _notification_view(session: Session, notification_id: int) -> dict[str, Any]
     if row.message:
         message = email.message_from_string(row.message, policy=email.policy.default)
         assert isinstance(message, EmailMessage)
-        headers = [(name, str(value)) for name, value in message.items()]
+        headers = [(name, redact_links(str(value))) for name, value in message.items()]
         text_part = message.get_body(("plain",))
         html_part = message.get_body(("html",))
-        text = text_part.get_content() if isinstance(text_part, EmailMessage) else None
-        html = html_part.get_content() if isinstance(html_part, EmailMessage) else None
+        if isinstance(text_part, EmailMessage):
+            text = redact_links(text_part.get_content())
+        if isinstance(html_part, EmailMessage):
+            html = redact_links(html_part.get_content())
     history = session.exec(
         select(NotificationStatusChange)
         .where(NotificationStatusChange.notification_id == notification_id)

@@ -4,7 +4,8 @@ The preview is :func:`crm_notify.preview.build_preview`, the code path of ``crm-
 preview``: the same templates and sandbox as a real send, and the same guards, shown as a
 dry-run verdict ("would be sent", "would be skipped: no marketing consent recorded"). Nothing
 is stored. A test copy goes to the signed-in user's own address through the configured ESPs,
-marked ``[TEST]`` and without unsubscribe links, and is never recorded as a notification.
+marked ``[TEST]``, and is never recorded as a notification. Neither carries the customer's
+working unsubscribe or preference links: placeholders stand in for them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import email.policy
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,8 @@ from crm_notify.contacts.models import Contact
 from crm_notify.errors import RuleFileError
 from crm_notify.esp.failover import EspChain
 from crm_notify.guards import SendPolicy
+from crm_notify.guards.consent import TRANSACTIONAL
+from crm_notify.outbox.models import Notification
 from crm_notify.preview import Preview, build_preview
 from crm_notify.render.templates import TemplateStore
 from crm_notify.rules.engine import RuleSet
@@ -35,6 +39,31 @@ logger = logging.getLogger(__name__)
 TEST_PREFIX = "[TEST] "
 
 
+class PlaceholderLinks(UnsubscribeLinks):
+    """Unsubscribe and preference links that act on nobody: previews and test copies show
+    where the links go without carrying the customer's working tokens (which would let whoever
+    reads the copy change the customer's consent)."""
+
+    def __init__(self, *, base_url: str) -> None:
+        super().__init__(base_url=base_url, secret_key=b"")
+
+    def for_notification(self, notification: Notification) -> tuple[str, str] | None:
+        """Placeholder links where a real send would have its signed ones."""
+        if notification.purpose == TRANSACTIONAL or notification.contact_id is None:
+            return None
+        return f"{self.base_url}/unsubscribe/preview", f"{self.base_url}/preferences/preview"
+
+
+#: A signed unsubscribe or preference link's token in a stored message.
+_LINK_TOKEN = re.compile(r"(/(?:unsubscribe|preferences)/)[A-Za-z0-9_.~=%-]{16,}")
+
+
+def redact_links(text: str) -> str:
+    """``text`` with the tokens of signed unsubscribe and preference links replaced, so the
+    console never hands out a customer's working link."""
+    return _LINK_TOKEN.sub(r"\1(redacted)", text)
+
+
 @dataclass(frozen=True)
 class ConsoleTools:
     """What previews, test copies and the rule pages need from the running service.
@@ -44,7 +73,8 @@ class ConsoleTools:
         templates: the template store.
         mail_from: the From header.
         policy: the send policy (its verdict is shown).
-        links: unsubscribe links, as a real send would carry them.
+        links: where unsubscribe links point (:class:`PlaceholderLinks`: previews show the
+            links' place, never a working token).
         webhooks: the webhook action sender (for rules with actions).
         esps: the ESPs a test copy goes through.
         rules_dir: the rule files, linted for the rule pages (``None``: no lint shown).
@@ -55,7 +85,7 @@ class ConsoleTools:
     templates: TemplateStore
     mail_from: str
     policy: SendPolicy
-    links: UnsubscribeLinks | None
+    links: PlaceholderLinks | None
     webhooks: WebhookActionSender | None
     esps: EspChain
     rules_dir: Path | None = None

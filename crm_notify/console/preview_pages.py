@@ -22,6 +22,11 @@ from sqlmodel import Session
 
 from crm_notify.console._view import ConsoleView, is_id
 from crm_notify.console.preview import ConsoleTools
+from crm_notify.console.throttle import (
+    MAX_TEST_COPIES,
+    TEST_COPY_WINDOW_S,
+    SlidingWindowLimit,
+)
 from crm_notify.contacts.models import Contact
 from crm_notify.errors import EspError, RenderError
 from crm_notify.preview import Preview, PreviewError
@@ -32,6 +37,7 @@ _LANGUAGE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
 
 def add_preview_routes(router: APIRouter, view: ConsoleView, previews: ConsoleTools) -> None:
     """Add the preview routes to the console's ``router``."""
+    test_copies = SlidingWindowLimit(max_attempts=MAX_TEST_COPIES, window_s=TEST_COPY_WINDOW_S)
 
     def render(contact_id: int, rule_name: str | None, language: str | None) -> dict[str, Any]:
         """The page's values: the contact, the rules, the chosen one and its preview (or why
@@ -100,6 +106,10 @@ def add_preview_routes(router: APIRouter, view: ConsoleView, previews: ConsoleTo
         if not values or preview is None or preview.message is None:
             problem = values.get("problem") if values else None
             return view.refused(422, problem or "Choose a rule that sends email first.", user)
+        if not test_copies.allow(str(user.id)):
+            return view.refused(
+                429, f"At most {MAX_TEST_COPIES} test copies in 10 minutes: wait a little.", user
+            )
         try:
             esp = await run_in_threadpool(
                 previews.send_test, preview, to_address=user.email, by_user=user.id

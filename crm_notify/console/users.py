@@ -65,6 +65,14 @@ def normalise_email(email: str) -> str:
         raise ConsoleUserError(f"not a valid email address: {exc}") from exc
 
 
+def _lookup_form(email: str) -> str:
+    """``email`` as :func:`create_user` stored it (or lower-cased, when it is not valid)."""
+    try:
+        return normalise_email(email)
+    except ConsoleUserError:
+        return email.strip().lower()
+
+
 def create_user(email: str, password: str, *, role: str, engine: Engine) -> SignedInUser:
     """Create a console user.
 
@@ -98,7 +106,7 @@ def delete_user(email: str, *, engine: Engine) -> None:
     """
     from crm_notify.console.models import ConsoleSession
 
-    address = email.strip().lower()
+    address = _lookup_form(email)
     with session_scope(engine) as session:
         user = session.exec(select(ConsoleUser).where(ConsoleUser.email == address)).first()
         if user is None:
@@ -127,19 +135,23 @@ def authenticate(session: Session, email: str, password: str) -> SignedInUser | 
     :data:`LOCKOUT` (even the right password is refused then). A hash made with older
     parameters is replaced by one with the current ones.
     """
-    address = email.strip().lower()
-    user = session.exec(
-        select(ConsoleUser).where(ConsoleUser.email == address).with_for_update()
-    ).first()
+    address = _lookup_form(email)
+    found = session.exec(select(ConsoleUser).where(ConsoleUser.email == address)).first()
     if len(password) > MAX_PASSWORD_CHARS:
         return None
     try:
-        _HASHER.verify(user.password_hash if user else _DUMMY_HASH, password)
+        _HASHER.verify(found.password_hash if found else _DUMMY_HASH, password)
         verified = True
     except (VerificationError, InvalidHashError):
         verified = False
-    if user is None or user.id is None:
+    if found is None:
         return None
+    # Locked only now, for the counters: not while the hash ran.
+    user = session.exec(
+        select(ConsoleUser).where(ConsoleUser.id == found.id).with_for_update()
+    ).one()
+    session.refresh(user)
+    assert user.id is not None
     moment = now()
     if user.locked_until is not None and as_utc(user.locked_until) > moment:
         return None
