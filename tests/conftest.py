@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
+import pydantic.v1  # noqa: F401  (see below)
 import pytest
 import redis
 import sqlalchemy as sa
@@ -17,6 +18,10 @@ from crm_notify.config import Settings, load_settings
 from crm_notify.db import make_engine
 from crm_notify.migrations import upgrade
 from tests.support.servers import PrivateRedis, SmtpSink, port_open, start_smtp_sink
+
+# FastAPI imports pydantic.v1 the first time it builds a route; done inside a test that froze
+# the clock (freezegun), that import fails (its classes meet freezegun's fake datetime). It is
+# imported once here, before any test runs, so the order of the tests does not matter.
 
 #: The repository root (sample rules and templates live here).
 ROOT = Path(__file__).resolve().parent.parent
