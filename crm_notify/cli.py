@@ -259,10 +259,12 @@ def scheduler(ctx: _Context, once: bool) -> None:
         if once:
             fired = runtime.scheduler.run_once()
             runtime.gate_runner.run_once()
+            runtime.lifecycle.run_once()
             click.echo(f"fired {fired} timers")
             return
         signal.signal(signal.SIGTERM, lambda *_: runtime.scheduler.stop())
         runtime.gate_runner.start()  # send gates' notifications and timeouts run with it
+        runtime.lifecycle.start()  # and lifecycle events are ingested
         click.echo(
             f"scheduler running every {ctx.settings.scheduler_interval:g}s; Ctrl-C stops it",
             err=True,

@@ -30,6 +30,7 @@ from crm_notify.gates.notify import GateNotifier
 from crm_notify.gates.runner import GateRunner
 from crm_notify.guards import SendPolicy
 from crm_notify.intake import Intake
+from crm_notify.lifecycle.relay import LifecycleRelay
 from crm_notify.outbox import repository
 from crm_notify.outbox.delivery import DeliveryService
 from crm_notify.outbox.relay import Relay
@@ -106,6 +107,7 @@ class Runtime:
     scheduler: Scheduler = field(init=False)
     gate_notifier: GateNotifier = field(init=False)
     gate_runner: GateRunner = field(init=False)
+    lifecycle: LifecycleRelay = field(init=False)
     _worker: dramatiq.Worker | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -156,6 +158,11 @@ class Runtime:
             enqueue=self.enqueue,
             interval_s=self.settings.scheduler_interval,
             hold=hold,
+        )
+        self.lifecycle = LifecycleRelay(
+            engine=self.engine,
+            ingest=self.intake.ingest,
+            interval_s=self.settings.scheduler_interval,
         )
         self.relay = Relay(
             engine=self.engine,
@@ -213,8 +220,8 @@ class Runtime:
             repository.mark_queued(session=session, notification_ids=notification_ids)
 
     def start_background(self, *, scheduler: bool = True) -> None:
-        """Start the relay, the scheduler and the gate runner, and with the in-process broker
-        also the delivery threads.
+        """Start the relay, the scheduler, the gate runner and the lifecycle relay, and with the
+        in-process broker also the delivery threads.
 
         With the in-process broker, every unfinished notification is requeued first: the
         previous process's in-memory queue is gone.
@@ -231,11 +238,13 @@ class Runtime:
         if scheduler:
             self.scheduler.start()
             self.gate_runner.start()
+            self.lifecycle.start()
 
     def close(self) -> None:
         """Stop background threads and release connections."""
         self.scheduler.stop()
         self.gate_runner.stop()
+        self.lifecycle.stop()
         self.relay.stop()
         if self._worker is not None:
             self._worker.stop(timeout=30_000)

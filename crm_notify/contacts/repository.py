@@ -177,6 +177,7 @@ def upsert_contact(
     if contact is None:
         contact = Contact()
     unique_before = (contact.user_id, contact.email)
+    traits_before = dict(contact.traits or {})
     if user_id and not contact.user_id:
         contact.user_id = user_id
     if anonymous_id and not contact.anonymous_id:
@@ -206,7 +207,41 @@ def upsert_contact(
         if (contact.user_id, contact.email) != unique_before:
             session.flush()
     _refile(session, contact)
+    if not created:
+        _emit_changes(session, contact, traits_before, old_email=unique_before[1])
     return contact, created
+
+
+def _emit_changes(
+    session: Session, contact: Contact, traits_before: dict[str, Any], *, old_email: str | None
+) -> None:
+    """``contact.email_changed`` and ``contact.profile_updated`` (with the changed fields) for
+    an identify call that changed an existing contact."""
+    from crm_notify.lifecycle.emit import emit
+    from crm_notify.lifecycle.models import LifecycleName, LifecycleSource
+
+    assert contact.id is not None
+    if old_email and contact.email and contact.email != old_email:
+        emit(
+            session,
+            LifecycleName.EMAIL_CHANGED,
+            contact_id=contact.id,
+            source=LifecycleSource.API,
+            old_email=old_email,
+            new_email=contact.email,
+        )
+    after = contact.traits or {}
+    changed = sorted(
+        k for k in after.keys() | traits_before.keys() if after.get(k) != traits_before.get(k)
+    )
+    if changed:
+        emit(
+            session,
+            LifecycleName.PROFILE_UPDATED,
+            contact_id=contact.id,
+            source=LifecycleSource.API,
+            changed=changed,
+        )
 
 
 def _insert_now(session: Session, contact: Contact) -> None:

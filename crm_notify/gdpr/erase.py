@@ -32,6 +32,7 @@ from crm_notify.events.models import Event
 from crm_notify.gdpr import _scope
 from crm_notify.guards.models import ALL_PURPOSES, ConsentRecord, Suppression, SuppressionReason
 from crm_notify.guards.suppression import address_hash, suppress
+from crm_notify.lifecycle.models import LifecycleEvent
 from crm_notify.outbox.models import (
     CLAIMABLE,
     Decision,
@@ -173,8 +174,9 @@ def erase_contact(*, session: Session, contact: Contact, actor: str) -> ErasureR
         run(sa.delete(Order).where(_scope.orders_of(contact, order_keys)))
     )
     report.carts_deleted = _count(run(sa.delete(Cart).where(_scope.carts_of(contact, cart_keys))))
-    # 5. events
+    # 5. events (and the lifecycle events about the contact)
     report.events_deleted = _count(run(sa.delete(Event).where(col(Event.id).in_(event_ids))))
+    run(sa.delete(LifecycleEvent).where(col(LifecycleEvent.contact_id) == contact.id))
     # 6. contacts
     if address:
         for other in session.exec(_scope.other_contacts_mentioning(contact)).all():

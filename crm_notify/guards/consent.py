@@ -25,6 +25,8 @@ from crm_notify.events.schemas import SegmentCall
 from crm_notify.guards._memo import lock_contact, memo
 from crm_notify.guards.base import Guard, SendAttempt, Verdict
 from crm_notify.guards.models import ConsentRecord, ConsentSource, LawfulBasis
+from crm_notify.lifecycle.emit import emit
+from crm_notify.lifecycle.models import LifecycleName, LifecycleSource
 
 #: The purpose that needs no consent.
 TRANSACTIONAL = "transactional"
@@ -67,9 +69,10 @@ def record_consent(
     """
     if only_if_changed:
         lock_contact(session, contact_id)
-        latest = current_record(session, contact_id=contact_id, purpose=purpose)
-        if latest is not None and latest.granted == granted:
-            return None
+    latest = current_record(session, contact_id=contact_id, purpose=purpose)
+    changed = latest is None or latest.granted != granted
+    if only_if_changed and not changed:
+        return None
     record = ConsentRecord(
         contact_id=contact_id,
         purpose=purpose,
@@ -84,9 +87,29 @@ def record_consent(
         notification_id=notification_id,
     )
     session.add(record)
+    if changed:
+        emit(
+            session,
+            LifecycleName.SUBSCRIBED if granted else LifecycleName.UNSUBSCRIBED,
+            contact_id=contact_id,
+            source=LIFECYCLE_SOURCES.get(str(source), LifecycleSource.API),
+            purpose=purpose,
+        )
     session.flush()
     memo(session, "consent")[contact_id, purpose] = record
     return record
+
+
+#: The lifecycle source of each consent source.
+LIFECYCLE_SOURCES = {
+    ConsentSource.API.value: LifecycleSource.API,
+    ConsentSource.IDENTIFY_TRAIT.value: LifecycleSource.API,
+    ConsentSource.SEGMENT.value: LifecycleSource.API,
+    ConsentSource.UNSUBSCRIBE_LINK.value: LifecycleSource.CONTACT,
+    ConsentSource.PREFERENCE_PAGE.value: LifecycleSource.CONTACT,
+    ConsentSource.ESP_WEBHOOK.value: LifecycleSource.CONTACT,
+    ConsentSource.ADMIN.value: LifecycleSource.ADMIN,
+}
 
 
 def _cut(value: str | None, limit: int) -> str | None:

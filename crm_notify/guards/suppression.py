@@ -103,6 +103,11 @@ def suppress(
         "created_by": created_by[:255],
         "created_at": now(),
     }
+    previous = session.exec(
+        select(Suppression.reason).where(
+            Suppression.address_hash == digest, Suppression.purpose == purpose
+        )
+    ).first()
     table = Suppression.__table__  # type: ignore[attr-defined]
     dialect = session.get_bind().dialect.name
     insert: Any = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
@@ -122,9 +127,32 @@ def suppress(
     if keep_address:
         entry.email = values["email"]
     session.add(entry)
+    if values["reason"] in CLEANING_REASONS and previous != values["reason"] and values["email"]:
+        _emit_cleaned(session, values["email"], values["reason"])
     session.flush()  # an UPDATE only when something changed
     forget(session, "suppression")
     return entry
+
+
+#: Suppression reasons that clean an address (the lifecycle event ``contact.cleaned``).
+CLEANING_REASONS = (SuppressionReason.HARD_BOUNCE.value, SuppressionReason.COMPLAINT.value)
+
+
+def _emit_cleaned(session: Session, email: str, reason: str) -> None:
+    """``contact.cleaned`` for the contact whose address ``email`` is (bounce or complaint)."""
+    from crm_notify.contacts.models import Contact
+    from crm_notify.lifecycle.emit import emit
+    from crm_notify.lifecycle.models import LifecycleName, LifecycleSource
+
+    contact_id = session.exec(select(Contact.id).where(Contact.email == email)).first()
+    if contact_id is not None:
+        emit(
+            session,
+            LifecycleName.CLEANED,
+            contact_id=contact_id,
+            source=LifecycleSource.SYSTEM,
+            reason=reason,
+        )
 
 
 def unsuppress(*, session: Session, email: str, purpose: str = ALL_PURPOSES) -> int:

@@ -300,14 +300,44 @@ def store_message(
 def mark_sent(
     *, session: Session, notification_id: int, esp: str, esp_message_id: str | None
 ) -> bool:
-    """Move a ``sending`` notification to ``sent``."""
-    return _transition(
+    """Move a ``sending`` notification to ``sent`` (and emit ``notification.sent``)."""
+    moved = _transition(
         session,
         notification_id,
         from_statuses=(NotificationStatus.SENDING,),
         to_status=NotificationStatus.SENT,
         detail=f"accepted by {esp}",
         values={"esp": esp, "esp_message_id": esp_message_id, "sent_at": now(), "last_error": None},
+    )
+    if moved:
+        _emit_sent(session, notification_id, esp)
+    return moved
+
+
+def _emit_sent(session: Session, notification_id: int, esp: str) -> None:
+    """``notification.sent``, unless the notification answers a ``notification.*`` event (a
+    rule reacting to sends must not feed itself)."""
+    from crm_notify.events.models import Event
+    from crm_notify.lifecycle.emit import emit
+    from crm_notify.lifecycle.models import LifecycleName, LifecycleSource
+
+    row = session.get(Notification, notification_id)
+    if row is None or row.contact_id is None:
+        return
+    if row.event_id is not None:
+        name = session.exec(select(Event.name).where(Event.id == row.event_id)).first()
+        if name and name.startswith("notification."):
+            return
+    emit(
+        session,
+        LifecycleName.NOTIFICATION_SENT,
+        contact_id=row.contact_id,
+        source=LifecycleSource.SYSTEM,
+        notification_id=notification_id,
+        rule=row.rule,
+        template=row.template,
+        channel=row.channel,
+        esp=esp,
     )
 
 
