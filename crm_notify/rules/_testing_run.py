@@ -31,6 +31,7 @@ from crm_notify.gates.release import cancel_item, release, time_out
 from crm_notify.guards import SendAttempt, SendPolicy, Verdict
 from crm_notify.guards.consent import ConsentGuard
 from crm_notify.intake import Intake
+from crm_notify.lifecycle.relay import LifecycleRelay
 from crm_notify.outbox.models import (
     Decision,
     DecisionOutcome,
@@ -225,6 +226,7 @@ class _Run:
         scheduler = Scheduler(
             engine=self.engine, fire=firing, enqueue=None, interval_s=1, hold=hold
         )
+        lifecycle = LifecycleRelay(engine=self.engine, ingest=intake.ingest, interval_s=1)
         pending = deque(case.calls)
         end = case.start + case.until
         moment = case.start
@@ -246,6 +248,7 @@ class _Run:
                     return self._result(error)
             scheduler.run_once()
             self._answer_gates(moment)
+            lifecycle.run_once()  # lifecycle events (a consent change...) reach the rules
             self._collect(moment)
         error = RuleFileError(
             case.path, case.line, f"stopped after {MAX_STEPS} steps: timers keep coming due"

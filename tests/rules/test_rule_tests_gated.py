@@ -105,3 +105,35 @@ def test_a_cancel_on_event_during_the_hold_withdraws_the_send(tmp_path: Path) ->
         " {at: 48h30m, track: Order Completed, properties: {cart_id: C1, order_id: O1}}]"
     )
     assert _sent(tmp_path, "gate: {answer: release, after: 1h}", events=events) == []
+
+
+def test_rules_on_lifecycle_events_can_be_tested(tmp_path: Path) -> None:
+    # A rule reacting to an unsubscribe: the case withdraws consent through Segment
+    rules_dir = tmp_path / "rules"
+    write_tree(
+        rules_dir,
+        {
+            "goodbye.yaml": (
+                "name: goodbye\ntrigger: {event: contact.unsubscribed}\n"
+                "template: abandoned_cart\npurpose: transactional\n"
+            )
+        },
+    )
+    case = """
+        cases:
+          - name: unsubscribed
+            contact: {user_id: u1, email: alice@example.com, consent: [marketing]}
+            events:
+              - at: 1h
+                call:
+                  type: track
+                  event: Page Viewed
+                  context: {consent: {categoryPreferences: {marketing: false}}}
+            rule: goodbye
+            expect: [{template: abandoned_cart, at: 1h}]
+        """
+    path = rules_dir / "goodbye.test.yaml"
+    path.write_text(textwrap.dedent(case).lstrip("\n"), "utf-8")
+    [result] = run_rule_tests([path], rules=load_rules(rules_dir))
+    [outcome] = result.cases
+    assert outcome.passed, [sent.describe() for sent in outcome.sent]
