@@ -12,7 +12,6 @@ A contact known by neither id gets the event row without rules (no call could na
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,6 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from crm_notify import __version__
+from crm_notify._periodic import Periodic
 from crm_notify.clock import now
 from crm_notify.contacts.models import Contact
 from crm_notify.db import session_scope
@@ -39,7 +39,7 @@ SOURCE = "lifecycle"
 Ingest = Callable[[Sequence[SegmentCall], str], Any]
 
 
-class LifecycleRelay:
+class LifecycleRelay(Periodic):
     """Ingests lifecycle events (see the module docstring).
 
     Parameters:
@@ -57,12 +57,10 @@ class LifecycleRelay:
         interval_s: float,
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> None:
+        super().__init__(interval_s=interval_s, name="crm-notify-lifecycle")
         self._engine = engine
         self._ingest = ingest
-        self._interval_s = interval_s
         self._batch_size = batch_size
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def run_once(self, *, max_batches: int = 50) -> int:
         """Ingest the lifecycle events written so far; return how many."""
@@ -98,24 +96,6 @@ class LifecycleRelay:
                     _store_only(session, event)
             session.execute(sa.delete(LifecycleEvent).where(col(LifecycleEvent.id).in_(ids)))
         return len(rows)
-
-    def start(self) -> None:
-        """Run passes in a daemon thread until :meth:`stop`."""
-        self._thread = threading.Thread(target=self._loop, name="crm-notify-lifecycle", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self._interval_s):
-            try:
-                self.run_once()
-            except Exception:
-                logger.exception("lifecycle pass failed; trying again in %.1fs", self._interval_s)
-
-    def stop(self) -> None:
-        """Stop after the pass in progress."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=60)
 
 
 def message_id(event: LifecycleEvent) -> str:

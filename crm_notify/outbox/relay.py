@@ -6,19 +6,19 @@ Requeueing is always safe: a delivery first claims its row, so a duplicate messa
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 from sqlalchemy.engine import Engine
 
+from crm_notify._periodic import Periodic
 from crm_notify.db import session_scope
 from crm_notify.outbox import repository
 
 logger = logging.getLogger(__name__)
 
 
-class Relay:
+class Relay(Periodic):
     """Periodically re-enqueues stranded notifications.
 
     Parameters:
@@ -36,12 +36,10 @@ class Relay:
         interval_s: float,
         lease_s: float,
     ) -> None:
+        super().__init__(interval_s=interval_s, name="crm-notify-relay")
         self._engine = engine
         self._enqueue = enqueue
-        self._interval_s = interval_s
         self._lease = timedelta(seconds=lease_s)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def run_once(self) -> int:
         """Do one pass; return how many notifications were requeued."""
@@ -66,20 +64,6 @@ class Relay:
         logger.info("relay requeued %d notifications", len(ids))
         return len(ids)
 
-    def start(self) -> None:
-        """Run passes in a daemon thread until :meth:`stop`."""
-        self._thread = threading.Thread(target=self._loop, name="crm-notify-relay", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self._interval_s):
-            try:
-                self.run_once()
-            except Exception:
-                logger.exception("relay pass failed; trying again in %.1fs", self._interval_s)
-
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 30) -> None:
         """Stop the thread and wait for the pass in progress."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        super().stop(timeout_s)
