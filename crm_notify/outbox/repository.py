@@ -321,13 +321,21 @@ def _emit_sent(session: Session, notification_id: int, esp: str) -> None:
     from crm_notify.lifecycle.emit import emit
     from crm_notify.lifecycle.models import LifecycleName, LifecycleSource
 
-    row = session.get(Notification, notification_id)
+    row = session.execute(  # one query: the notification and the name of its event
+        sa.select(
+            col(Notification.contact_id),
+            col(Notification.rule),
+            col(Notification.template),
+            col(Notification.channel),
+            col(Event.name),
+        )
+        .outerjoin(Event, col(Event.id) == col(Notification.event_id))
+        .where(col(Notification.id) == notification_id)
+    ).first()
     if row is None or row.contact_id is None:
         return
-    if row.event_id is not None:
-        name = session.exec(select(Event.name).where(Event.id == row.event_id)).first()
-        if name and name.startswith("notification."):
-            return
+    if row.name and row.name.startswith("notification."):
+        return
     emit(
         session,
         LifecycleName.NOTIFICATION_SENT,
