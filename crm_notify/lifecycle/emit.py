@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlmodel import Session
+import sqlalchemy as sa
+from sqlmodel import Session, col
 
 from crm_notify.lifecycle.models import LifecycleEvent, LifecycleName, LifecycleSource
 
@@ -31,4 +32,41 @@ def emit(
             contact_id=contact_id,
             properties={**properties, "source": source.value},
         )
+    )
+
+
+def emit_for_notification(
+    session: Session, notification_id: int, name: LifecycleName, **properties: Any
+) -> None:
+    """Lifecycle event ``name`` (``notification.*``, source ``system``) of a notification's
+    contact, with its id, rule, template and channel; none when it answers a
+    ``notification.*`` event itself (a rule reacting to sends must not feed itself)."""
+    from crm_notify.events.models import Event
+    from crm_notify.outbox.models import Notification
+
+    row = session.execute(  # one query: the notification and the name of its event
+        sa.select(
+            col(Notification.contact_id),
+            col(Notification.rule),
+            col(Notification.template),
+            col(Notification.channel),
+            col(Event.name),
+        )
+        .outerjoin(Event, col(Event.id) == col(Notification.event_id))
+        .where(col(Notification.id) == notification_id)
+    ).first()
+    if row is None or row.contact_id is None:
+        return
+    if row.name and row.name.startswith("notification."):
+        return
+    emit(
+        session,
+        name,
+        contact_id=row.contact_id,
+        source=LifecycleSource.SYSTEM,
+        notification_id=notification_id,
+        rule=row.rule,
+        template=row.template,
+        channel=row.channel,
+        **properties,
     )

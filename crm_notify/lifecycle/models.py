@@ -21,6 +21,8 @@ class LifecycleName(enum.StrEnum):
     EMAIL_CHANGED = "contact.email_changed"
     CLEANED = "contact.cleaned"
     NOTIFICATION_SENT = "notification.sent"
+    NOTIFICATION_DELIVERED = "notification.delivered"
+    NOTIFICATION_BOUNCED = "notification.bounced"
 
 
 class LifecycleSource(enum.StrEnum):

@@ -17,6 +17,8 @@ from sqlmodel import Session, col, select
 
 from crm_notify.clock import now
 from crm_notify.db import UTCDateTime, insert_rows, new_row
+from crm_notify.lifecycle.emit import emit_for_notification
+from crm_notify.lifecycle.models import LifecycleName
 from crm_notify.outbox.models import (
     CLAIMABLE,
     Decision,
@@ -310,43 +312,8 @@ def mark_sent(
         values={"esp": esp, "esp_message_id": esp_message_id, "sent_at": now(), "last_error": None},
     )
     if moved:
-        _emit_sent(session, notification_id, esp)
+        emit_for_notification(session, notification_id, LifecycleName.NOTIFICATION_SENT, esp=esp)
     return moved
-
-
-def _emit_sent(session: Session, notification_id: int, esp: str) -> None:
-    """``notification.sent``, unless the notification answers a ``notification.*`` event (a
-    rule reacting to sends must not feed itself)."""
-    from crm_notify.events.models import Event
-    from crm_notify.lifecycle.emit import emit
-    from crm_notify.lifecycle.models import LifecycleName, LifecycleSource
-
-    row = session.execute(  # one query: the notification and the name of its event
-        sa.select(
-            col(Notification.contact_id),
-            col(Notification.rule),
-            col(Notification.template),
-            col(Notification.channel),
-            col(Event.name),
-        )
-        .outerjoin(Event, col(Event.id) == col(Notification.event_id))
-        .where(col(Notification.id) == notification_id)
-    ).first()
-    if row is None or row.contact_id is None:
-        return
-    if row.name and row.name.startswith("notification."):
-        return
-    emit(
-        session,
-        LifecycleName.NOTIFICATION_SENT,
-        contact_id=row.contact_id,
-        source=LifecycleSource.SYSTEM,
-        notification_id=notification_id,
-        rule=row.rule,
-        template=row.template,
-        channel=row.channel,
-        esp=esp,
-    )
 
 
 def pin_esp(*, session: Session, notification_id: int, esp: str) -> None:

@@ -18,6 +18,8 @@ from crm_notify.errors import EventValidationError
 from crm_notify.guards.consent import record_consent
 from crm_notify.guards.models import ALL_PURPOSES, ConsentSource, SuppressionReason
 from crm_notify.guards.suppression import suppress, suppressed_for
+from crm_notify.lifecycle.emit import emit_for_notification
+from crm_notify.lifecycle.models import LifecycleName
 from crm_notify.outbox.models import Notification, NotificationStatusChange
 from crm_notify.webhooks.events import BounceKind, EventType, TrackingEvent
 
@@ -70,6 +72,20 @@ def apply_effects(
     address: str | None,
     purposes: Sequence[str],
 ) -> None:
+    if notification is not None and notification.id is not None:
+        if event.event_type == EventType.DELIVERED:
+            emit_for_notification(
+                session, notification.id, LifecycleName.NOTIFICATION_DELIVERED, esp=provider
+            )
+        elif event.event_type == EventType.BOUNCED:
+            kind = event.bounce_kind.value if event.bounce_kind else None
+            emit_for_notification(
+                session,
+                notification.id,
+                LifecycleName.NOTIFICATION_BOUNCED,
+                esp=provider,
+                bounce=kind,
+            )
     hard_bounce = event.event_type == EventType.BOUNCED and event.bounce_kind == BounceKind.HARD
     if address and (hard_bounce or event.event_type == EventType.COMPLAINED):
         existing = suppressed_for(session=session, email=address, purpose=ALL_PURPOSES)

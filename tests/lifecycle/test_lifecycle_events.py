@@ -27,6 +27,8 @@ from crm_notify.lifecycle.models import LifecycleEvent
 from crm_notify.migrations import upgrade
 from crm_notify.outbox.models import Notification
 from crm_notify.runtime import Runtime
+from crm_notify.webhooks.effects import apply_effects
+from crm_notify.webhooks.events import BounceKind, EventType, TrackingEvent
 from tests.conftest import ROOT
 from tests.support.servers import SmtpSink, write_tree
 
@@ -196,3 +198,43 @@ def test_erasing_a_contact_removes_their_pending_lifecycle_events(runtime: Runti
     with Session(engine) as session:
         assert session.exec(select(LifecycleEvent)).all() == []
     assert runtime.lifecycle.run_once() == 0
+
+
+def test_tracking_reports_become_delivered_and_bounced_events(runtime: Runtime) -> None:
+    engine = runtime.engine
+    _identify(runtime)
+    contact_id = _contact_id(engine)
+    with session_scope(engine) as session:
+        record_consent(
+            session=session,
+            contact_id=contact_id,
+            purpose="marketing",
+            granted=False,
+            source=ConsentSource.PREFERENCE_PAGE,
+        )
+    runtime.lifecycle.run_once()  # the goodbye mail is decided and sent
+    with Session(engine) as session:
+        goodbye = session.exec(select(Notification).where(Notification.rule == "goodbye")).one()
+    # When the provider reports it delivered, then (another message) bounced
+    with session_scope(engine) as session:
+        row = session.get(Notification, goodbye.id)
+        for kind, bounce in ((EventType.DELIVERED, None), (EventType.BOUNCED, BounceKind.SOFT)):
+            event = TrackingEvent(
+                event_type=kind,
+                provider_event_type=kind.value,
+                event_id=f"e-{kind.value}",
+                bounce_kind=bounce,
+            )
+            apply_effects(session, "postmark", event, row, "ada@example.com", ["marketing"])
+    runtime.lifecycle.run_once()
+    events = _lifecycle(engine)
+    reported = {name: props for name, props in events if name.startswith("notification.")}
+    assert reported["notification.delivered"] == {
+        "notification_id": goodbye.id,
+        "rule": "goodbye",
+        "template": "welcome",
+        "channel": "email",
+        "esp": "postmark",
+        "source": "system",
+    }
+    assert reported["notification.bounced"]["bounce"] == "soft"
