@@ -226,8 +226,18 @@ class Intake:
         )
         self._consent_traits = DEFAULT_TRAITS if consent_traits is None else consent_traits
 
-    def ingest(self, calls: Sequence[SegmentCall], source: str = "api") -> IngestResult:
+    def ingest(
+        self,
+        calls: Sequence[SegmentCall],
+        source: str = "api",
+        *,
+        within: Callable[[Session], None] | None = None,
+    ) -> IngestResult:
         """Apply ``calls`` in one transaction and enqueue the notifications they produced.
+
+        Parameters:
+            within: run in that transaction, first (the lifecycle relay claims the rows the
+                calls come from: both commit, or neither); what it raises rolls back.
 
         Raises:
             EventValidationError: a call is invalid (nothing is written).
@@ -237,6 +247,8 @@ class Intake:
         for attempt in range(1, INGEST_ATTEMPTS + 1):
             try:
                 with session_scope(self._engine) as session:
+                    if within is not None:
+                        within(session)
                     result = self._apply(session, calls, emails, source, received)
                     if self._hold is not None:
                         held = self._hold.hold(session, result.notification_ids, batch=False)

@@ -22,6 +22,7 @@ def upgrade() -> None:
     op.create_table(
         "lifecycle_event",
         sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("message_id", sa.String(length=64), nullable=False),
         sa.Column("name", sa.String(length=64), nullable=False),
         sa.Column("source", sa.String(length=16), nullable=False),
         sa.Column("contact_id", sa.Integer(), nullable=False),
@@ -31,8 +32,10 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(["contact_id"], ["contact.id"]),
         sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("message_id"),
     )
     with op.batch_alter_table("lifecycle_event", schema=None) as batch_op:
         batch_op.create_index(

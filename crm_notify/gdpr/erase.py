@@ -176,7 +176,14 @@ def erase_contact(*, session: Session, contact: Contact, actor: str) -> ErasureR
     report.carts_deleted = _count(run(sa.delete(Cart).where(_scope.carts_of(contact, cart_keys))))
     # 5. events (and the lifecycle events about the contact)
     report.events_deleted = _count(run(sa.delete(Event).where(col(Event.id).in_(event_ids))))
-    run(sa.delete(LifecycleEvent).where(col(LifecycleEvent.contact_id) == contact.id))
+    run(  # theirs, and other contacts' not ingested yet that mention the address
+        sa.delete(LifecycleEvent).where(
+            sa.or_(
+                col(LifecycleEvent.contact_id) == contact.id,
+                _scope.mentions(LifecycleEvent.properties, address),
+            )
+        )
+    )
     # 6. contacts
     if address:
         for other in session.exec(_scope.other_contacts_mentioning(contact)).all():

@@ -62,17 +62,18 @@ def record_consent(
         actor: who recorded it (API key name, admin), where known.
         only_if_changed: write nothing when the latest record for the purpose already says
             ``granted`` (the contact's row is locked first, so two such calls cannot both
-            write on PostgreSQL).
+            write on PostgreSQL). ``contact.subscribed`` / ``contact.unsubscribed`` is emitted
+            when the consent changes (no record counts as not granted).
 
     Returns:
         The new record, or ``None`` when ``only_if_changed`` found nothing to change.
     """
-    if only_if_changed:
-        lock_contact(session, contact_id)
+    lock_contact(session, contact_id)  # two writers of one contact's consent take turns
     latest = current_record(session, contact_id=contact_id, purpose=purpose)
-    changed = latest is None or latest.granted != granted
-    if only_if_changed and not changed:
+    if only_if_changed and latest is not None and latest.granted == granted:
         return None
+    # No record counts as no consent: a first withdrawal changes nothing to announce.
+    changed = (latest.granted if latest is not None else False) != granted
     record = ConsentRecord(
         contact_id=contact_id,
         purpose=purpose,

@@ -39,25 +39,21 @@ def emit_for_notification(
     session: Session, notification_id: int, name: LifecycleName, **properties: Any
 ) -> None:
     """Lifecycle event ``name`` (``notification.*``, source ``system``) of a notification's
-    contact, with its id, rule, template and channel; none when it answers a
-    ``notification.*`` event itself (a rule reacting to sends must not feed itself)."""
-    from crm_notify.events.models import Event
+    contact, with its id, rule, template and channel; none when the notification answers a
+    ``notification.*`` event itself, or a digest holds one (a rule reacting to sends must not
+    feed itself)."""
     from crm_notify.outbox.models import Notification
 
-    row = session.execute(  # one query: the notification and the name of its event
+    row = session.execute(
         sa.select(
             col(Notification.contact_id),
             col(Notification.rule),
             col(Notification.template),
             col(Notification.channel),
-            col(Event.name),
-        )
-        .outerjoin(Event, col(Event.id) == col(Notification.event_id))
-        .where(col(Notification.id) == notification_id)
+            col(Notification.context),
+        ).where(col(Notification.id) == notification_id)
     ).first()
-    if row is None or row.contact_id is None:
-        return
-    if row.name and row.name.startswith("notification."):
+    if row is None or row.contact_id is None or answers_notification_event(row.context):
         return
     emit(
         session,
@@ -69,4 +65,20 @@ def emit_for_notification(
         template=row.template,
         channel=row.channel,
         **properties,
+    )
+
+
+def answers_notification_event(context: dict[str, Any] | None) -> bool:
+    """Whether a notification's template data shows it answers a ``notification.*`` event:
+    its ``event``, or one of its digest's items."""
+    context = context or {}
+    events = [context.get("event")]
+    digest = context.get("digest")
+    if isinstance(digest, dict):
+        events += [
+            item.get("event") for item in digest.get("items") or [] if isinstance(item, dict)
+        ]
+    return any(
+        isinstance(event, dict) and str(event.get("event") or "").startswith("notification.")
+        for event in events
     )

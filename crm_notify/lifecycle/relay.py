@@ -1,12 +1,15 @@
 """The lifecycle relay: ingests emitted lifecycle events as Segment ``track`` calls.
 
-Each pass reads the events not ingested yet (oldest first), turns each into a ``track`` call
-(``event`` its name, ``properties`` what it says with its ``source``, ``messageId``
-``lc_<id>``, the contact's ``userId`` or ``anonymousId``) and hands them to the intake, so they
-are stored with the other events, shown in the contact's timeline, and rules trigger on them
-(``trigger: {event: contact.unsubscribed}``). Then it deletes them (the event rows hold them
-now). Ingesting again after a crash changes nothing: the intake recognises the ``messageId``.
-A contact known by neither id gets the event row without rules (no call could name them).
+Each pass reads the events written so far (oldest first), turns each into a ``track`` call
+(``event`` its name, ``properties`` what it says with its ``source``, its random ``messageId``,
+the contact's ``userId``) and hands them to the intake, so they are stored with the other
+events, shown in the contact's timeline, and rules trigger on them (``trigger: {event:
+contact.unsubscribed}``). The rows are deleted in the intake's own transaction: both commit or
+neither, and a row that vanished meanwhile (the contact was erased) makes the pass start again
+without it, so an erased person's event is never stored. A contact without a ``userId`` gets
+the event row without rules (an ``anonymousId`` may be shared, so no call could name them
+alone). A batch the intake refuses is retried one call at a time; a call that still fails is
+retried on later passes and set aside after :data:`MAX_ATTEMPTS` (logged, kept in the table).
 """
 
 from __future__ import annotations
@@ -34,9 +37,15 @@ logger = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 200
 #: The ``source`` of the event rows the relay writes.
 SOURCE = "lifecycle"
+#: Failed ingestions after which an event is set aside.
+MAX_ATTEMPTS = 5
 
-#: ``ingest(calls, source)``: the intake's.
-Ingest = Callable[[Sequence[SegmentCall], str], Any]
+#: ``ingest(calls, source, within=...)``: the intake's.
+Ingest = Callable[..., Any]
+
+
+class RowsGone(Exception):
+    """Some lifecycle rows were deleted while the relay ingested them (an erasure)."""
 
 
 class LifecycleRelay(Periodic):
@@ -77,30 +86,58 @@ class LifecycleRelay(Periodic):
             rows = session.exec(
                 select(LifecycleEvent, Contact)
                 .join(Contact, col(Contact.id) == col(LifecycleEvent.contact_id))
+                .where(col(LifecycleEvent.attempts) < MAX_ATTEMPTS)
                 .order_by(col(LifecycleEvent.id))
                 .limit(self._batch_size)
             ).all()
         if not rows:
             return 0
-        calls = [
-            _call(event, contact)
-            for event, contact in rows
-            if contact.user_id or contact.anonymous_id
-        ]
-        if calls:
-            self._ingest(calls, SOURCE)
-        ids = [event.id for event, _contact in rows if event.id is not None]
-        with session_scope(self._engine) as session:
-            for event, contact in rows:
-                if not (contact.user_id or contact.anonymous_id):
-                    _store_only(session, event)
-            session.execute(sa.delete(LifecycleEvent).where(col(LifecycleEvent.id).in_(ids)))
+        try:
+            self._ingest_rows(rows)
+        except RowsGone:
+            return len(rows)  # the next pass reads what is left
+        except Exception:
+            logger.warning("lifecycle batch refused; ingesting its events one at a time")
+            for row in rows:
+                try:
+                    self._ingest_rows([row])
+                except RowsGone:
+                    continue
+                except Exception:
+                    self._failed(row[0])
         return len(rows)
 
+    def _ingest_rows(self, rows: Sequence[tuple[LifecycleEvent, Contact]]) -> None:
+        """Ingest ``rows`` and delete them, in one transaction."""
+        ids = [event.id for event, _contact in rows if event.id is not None]
+        named = [(event, contact) for event, contact in rows if contact.user_id]
+        unnamed = [event for event, contact in rows if not contact.user_id]
 
-def message_id(event: LifecycleEvent) -> str:
-    """The ``messageId`` of ``event``'s call."""
-    return f"lc_{event.id}"
+        def claim(session: Session) -> None:
+            gone = session.execute(
+                sa.delete(LifecycleEvent)
+                .where(col(LifecycleEvent.id).in_(ids))
+                .returning(col(LifecycleEvent.id))
+            ).all()
+            if len(gone) != len(ids):
+                raise RowsGone
+            for event in unnamed:
+                _store_only(session, event)
+
+        if named:
+            self._ingest([_call(event, contact) for event, contact in named], SOURCE, within=claim)
+        else:
+            with session_scope(self._engine) as session:
+                claim(session)
+
+    def _failed(self, event: LifecycleEvent) -> None:
+        logger.exception("lifecycle event %s could not be ingested", event.id)
+        with session_scope(self._engine) as session:
+            session.execute(
+                sa.update(LifecycleEvent)
+                .where(col(LifecycleEvent.id) == event.id)
+                .values(attempts=LifecycleEvent.attempts + 1)
+            )
 
 
 def _call(event: LifecycleEvent, contact: Contact) -> SegmentCall:
@@ -108,24 +145,21 @@ def _call(event: LifecycleEvent, contact: Contact) -> SegmentCall:
         "type": "track",
         "event": event.name,
         "properties": dict(event.properties),
-        "messageId": message_id(event),
+        "messageId": event.message_id,
         "timestamp": event.created_at.isoformat(),
         "context": {"library": {"name": "crm-notify", "version": __version__}},
     }
-    if contact.user_id:
-        body["userId"] = contact.user_id
-    else:
-        body["anonymousId"] = contact.anonymous_id
+    body["userId"] = contact.user_id
     return parse_call(body, type_hint=None, received_at=now())
 
 
 def _store_only(session: Session, event: LifecycleEvent) -> None:
     """The event row of a lifecycle event whose contact no call could name."""
-    exists = session.exec(select(Event.id).where(Event.message_id == message_id(event))).first()
+    exists = session.exec(select(Event.id).where(Event.message_id == event.message_id)).first()
     if exists is None:
         session.add(
             Event(
-                message_id=message_id(event),
+                message_id=event.message_id,
                 type="track",
                 name=event.name,
                 contact_id=event.contact_id,

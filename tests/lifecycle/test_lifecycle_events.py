@@ -23,7 +23,9 @@ from crm_notify.gdpr.erase import erase_contact
 from crm_notify.guards.consent import record_consent
 from crm_notify.guards.models import ConsentSource, SuppressionReason
 from crm_notify.guards.suppression import suppress
+from crm_notify.lifecycle.emit import answers_notification_event
 from crm_notify.lifecycle.models import LifecycleEvent
+from crm_notify.lifecycle.relay import LifecycleRelay
 from crm_notify.migrations import upgrade
 from crm_notify.outbox.models import Notification
 from crm_notify.runtime import Runtime
@@ -164,17 +166,11 @@ def test_rules_trigger_on_lifecycle_events_without_feeding_themselves(runtime: R
     engine = runtime.engine
     _identify(runtime)
     contact_id = _contact_id(engine)
-    with session_scope(engine) as session:
-        record_consent(
-            session=session,
-            contact_id=contact_id,
-            purpose="marketing",
-            granted=False,
-            source=ConsentSource.PREFERENCE_PAGE,
-        )
-    # When the relay ingests the unsubscribe (and then what its mail's sending emitted)
-    for _ in range(3):
-        runtime.lifecycle.run_once()
+    _grant_then_withdraw(engine, contact_id)
+    # When the relay ingests the unsubscribe (the goodbye mail is sent at once by the embedded
+    # broker), and then what that send emitted
+    runtime.lifecycle.run_once()
+    runtime.lifecycle.run_once()
     # Then the goodbye rule sent its mail once, and the rule listening to sends reacted to it
     # once, but its own mail emitted no notification.sent that could trigger it again
     with Session(engine) as session:
@@ -204,18 +200,11 @@ def test_tracking_reports_become_delivered_and_bounced_events(runtime: Runtime) 
     engine = runtime.engine
     _identify(runtime)
     contact_id = _contact_id(engine)
-    with session_scope(engine) as session:
-        record_consent(
-            session=session,
-            contact_id=contact_id,
-            purpose="marketing",
-            granted=False,
-            source=ConsentSource.PREFERENCE_PAGE,
-        )
+    _grant_then_withdraw(engine, contact_id)
     runtime.lifecycle.run_once()  # the goodbye mail is decided and sent
     with Session(engine) as session:
         goodbye = session.exec(select(Notification).where(Notification.rule == "goodbye")).one()
-    # When the provider reports it delivered, then (another message) bounced
+    # When the provider reports it delivered, then bounced
     with session_scope(engine) as session:
         row = session.get(Notification, goodbye.id)
         for kind, bounce in ((EventType.DELIVERED, None), (EventType.BOUNCED, BounceKind.SOFT)):
@@ -238,3 +227,69 @@ def test_tracking_reports_become_delivered_and_bounced_events(runtime: Runtime) 
         "source": "system",
     }
     assert reported["notification.bounced"]["bounce"] == "soft"
+
+
+def _grant_then_withdraw(engine: Engine, contact_id: int) -> None:
+    with session_scope(engine) as session:
+        for granted in (True, False):
+            record_consent(
+                session=session,
+                contact_id=contact_id,
+                purpose="marketing",
+                granted=granted,
+                source=ConsentSource.PREFERENCE_PAGE,
+            )
+
+
+def test_a_withdrawal_without_a_grant_announces_nothing(runtime: Runtime) -> None:
+    _identify(runtime)
+    with session_scope(runtime.engine) as session:
+        record_consent(
+            session=session,
+            contact_id=_contact_id(runtime.engine),
+            purpose="marketing",
+            granted=False,
+            source=ConsentSource.SEGMENT,
+        )
+    runtime.lifecycle.run_once()
+    assert _lifecycle(runtime.engine) == []
+
+
+def test_events_after_an_emptied_outbox_are_not_mistaken_for_repeats(runtime: Runtime) -> None:
+    # SQLite reuses row ids once the table is empty: the messageId must not
+    engine = runtime.engine
+    _identify(runtime, first_name="A")
+    for name in ("B", "C", "D"):
+        _identify(runtime, first_name=name)
+        assert runtime.lifecycle.run_once() == 1
+    assert [name for name, _ in _lifecycle(engine)] == ["contact.profile_updated"] * 3
+
+
+def test_an_erasure_during_ingestion_stores_nothing_of_the_person(runtime: Runtime) -> None:
+    engine = runtime.engine
+    _identify(runtime, first_name="Ada")
+    _identify(runtime, first_name="Augusta")
+    contact_id = _contact_id(engine)
+    real = runtime.intake.ingest
+
+    def erase_first(*args: Any, **kwargs: Any) -> Any:
+        # the erasure commits after the relay read the rows, before it ingests them
+        with session_scope(engine) as session:
+            contact = session.get(Contact, contact_id)
+            assert contact is not None
+            erase_contact(session=session, contact=contact, actor="test")
+        return real(*args, **kwargs)
+
+    relay = LifecycleRelay(engine=engine, ingest=erase_first, interval_s=1)
+    relay.run_once()
+    assert _lifecycle(engine) == []
+    with Session(engine) as session:
+        assert session.exec(select(Event).where(Event.user_id == "u1")).all() == []
+
+
+def test_a_digest_that_holds_a_notification_event_emits_nothing() -> None:
+    assert answers_notification_event({"event": {"event": "notification.sent"}})
+    digest = {"digest": {"items": [{"event": {"event": "notification.delivered"}}]}}
+    assert answers_notification_event(digest)
+    assert not answers_notification_event({"event": {"event": "Order Completed"}})
+    assert not answers_notification_event(None)

@@ -108,7 +108,7 @@ def test_a_cancel_on_event_during_the_hold_withdraws_the_send(tmp_path: Path) ->
 
 
 def test_rules_on_lifecycle_events_can_be_tested(tmp_path: Path) -> None:
-    # A rule reacting to an unsubscribe: the case withdraws consent through Segment
+    # A rule reacting to an unsubscribe: the case grants, then withdraws, consent through Segment
     rules_dir = tmp_path / "rules"
     write_tree(
         rules_dir,
@@ -124,6 +124,11 @@ def test_rules_on_lifecycle_events_can_be_tested(tmp_path: Path) -> None:
           - name: unsubscribed
             contact: {user_id: u1, email: alice@example.com, consent: [marketing]}
             events:
+              - at: 0h
+                call:
+                  type: track
+                  event: Page Viewed
+                  context: {consent: {categoryPreferences: {marketing: true}}}
               - at: 1h
                 call:
                   type: track
