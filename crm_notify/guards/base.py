@@ -68,8 +68,8 @@ class SendAttempt:
 
     ``at_delivery`` is set when a worker re-checks a queued notification just before handing it
     to the ESP: only the guards that can change their answer meanwhile (consent, suppression)
-    run then; and, with ``released`` (the first attempt of a send a gate held), those whose
-    answer depends on the time it goes out (quiet hours). ``notification_id`` is the
+    run then; and, with ``released`` (a send a gate held), those whose answer depends on the
+    time it goes out (quiet hours). ``notification_id`` is the
     notification being delivered, at delivery. ``rule`` is the loaded rule (``None`` at
     delivery, but for a send a gate held, and when it was removed since).
     """

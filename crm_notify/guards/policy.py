@@ -13,7 +13,7 @@ The whole policy, in one place:
    contact across all non-transactional mail.
 
 At delivery time, suppression and consent run again, so a withdrawal or a bounce takes effect
-for messages already queued; for a send a gate held, quiet hours too (first attempt only).
+for messages already queued; for a send a gate held, quiet hours too.
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ class QuietHoursGuard(Guard):
 
     A rule's ``quiet_hours`` decides: ``false`` never, ``true`` the configured window, a window
     of its own; unset (``None``), the configured window applies to every purpose but
-    ``transactional``. At delivery the guard runs again only for a send a gate held (its first
+    ``transactional``. At delivery the guard runs again only for a send a gate held (at each
     attempt): the hold may have moved it into the night.
 
     Parameters:

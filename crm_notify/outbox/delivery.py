@@ -147,7 +147,7 @@ class DeliveryService:
             and templates that use ``unsubscribe_url`` fail to render).
         webhooks: sends the rows of rules' webhook actions (channel ``webhook``); ``None``:
             such rows fail, saying so.
-        rules: the loaded rules: the first attempt of a send a gate held checks the rule's
+        rules: the loaded rules: each attempt of a send a gate held checks the rule's
             quiet hours (``None``: the configured window, by purpose).
     """
 
@@ -253,8 +253,9 @@ class DeliveryService:
                 session=session, notification=row, reason="the contact no longer exists"
             )
             return DeliveryOutcome("cancelled")
-        # A send a gate held goes out later than decided: quiet hours are checked again.
-        released = row.gate_id is not None and row.attempts == 1
+        # A send a gate held goes out later than decided: quiet hours are checked again, at
+        # every attempt (a retry, or an attempt after a worker died, may fall in the night).
+        released = row.gate_id is not None
         attempt = SendAttempt(
             rule_name=row.rule,
             purpose=row.purpose,

@@ -23,7 +23,7 @@ from crm_notify.gates.follow_up import RETRY_MARK
 from crm_notify.gates.hold import PASS_LEASE, GateHold
 from crm_notify.gates.model import Gate
 from crm_notify.gates.release import cancel_item, release, time_out
-from crm_notify.outbox.models import Decision, Notification
+from crm_notify.outbox.models import Decision, Notification, NotificationStatus
 from crm_notify.runtime import Runtime
 from crm_notify.timers.firing import TimerFiring
 from crm_notify.timers.models import Timer, TimerKind
@@ -342,3 +342,28 @@ def test_a_pass_gate_gets_its_whole_timeout_from_the_end_of_the_pass(
         with Session(engine) as session:
             [gate] = session.exec(select(Gate)).all()
         assert (gate.next_delivery_at, gate.deadline) == (ended, ended + timedelta(hours=1))
+
+
+def test_a_released_send_retried_at_night_waits_for_the_morning_too(
+    runtime: Runtime, engine: Engine
+) -> None:
+    # Given a cart reminder released at 20:30 in Warsaw whose first attempt did not finish (its
+    # worker died; the relay made it retrying)
+    evening = datetime(2026, 3, 2, 18, 0, tzinfo=UTC)
+    with freeze_time(evening) as clock:
+        _identify(runtime, timezone="Europe/Warsaw")
+        _track(runtime, "Product Added", cart_id="C1", product_id="P1")
+        clock.move_to(evening + timedelta(hours=1, minutes=30))
+        runtime.scheduler.run_once()
+        [row] = _rows(engine)
+        with session_scope(engine) as session:
+            assert release(session, _gate_of(session, row)) == [row.id]
+            held = session.get(Notification, row.id)
+            assert held is not None
+            held.status, held.attempts = NotificationStatus.RETRYING, 1
+            session.add(held)
+        # When it is tried again at 23:00 local time
+        clock.move_to(datetime(2026, 3, 2, 22, 0, tzinfo=UTC))
+        # Then the retry waits for 08:00 too
+        assert runtime.delivery.deliver(row.id or 0).status == "retrying"
+        assert _rows(engine)[0].next_attempt_at == datetime(2026, 3, 3, 7, 0, tzinfo=UTC)
