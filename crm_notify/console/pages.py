@@ -59,6 +59,8 @@ from crm_notify.webhooks.models import TrackingEventRecord
 
 #: Contacts a search lists at most.
 MAX_RESULTS = 50
+#: How long a sign-in form may wait before it is sent, in seconds.
+SIGN_IN_FORM_LIFETIME_S = 3600
 
 
 def make_router(
@@ -80,15 +82,19 @@ def make_router(
         add_preview_routes(router, view, previews)
         add_rule_routes(router, view, previews)
 
+    def sign_in_page(status: int = 200, **values: Any) -> Response:
+        """The sign-in form, with a fresh double-submit token in the page and its cookie."""
+        token = new_token()
+        response = page("sign_in.html", status, csrf=token, **values)
+        cookie(response, SIGN_IN_CSRF_COOKIE, token, SIGN_IN_FORM_LIFETIME_S)
+        return response
+
     @router.get("/sign-in")
     async def sign_in_form(request: Request) -> Response:
         enabled, _current = await run_in_threadpool(view.state, request)
         if not enabled:
             return off()
-        token = new_token()
-        response = page("sign_in.html", csrf=token, next=_local(request.query_params.get("next")))
-        cookie(response, SIGN_IN_CSRF_COOKIE, token, 3600)
-        return response
+        return sign_in_page(next=_local(request.query_params.get("next")))
 
     @router.post("/sign-in")
     async def sign_in(request: Request) -> Response:
@@ -114,17 +120,12 @@ def make_router(
         if token is None:
             return off()
         if not token:
-            fresh = new_token()
-            response = page(
-                "sign_in.html",
+            return sign_in_page(
                 401,
-                csrf=fresh,
                 next=_local(form.get("next")),
                 error="Wrong email or password.",
                 email=form.get("email", ""),
             )
-            cookie(response, SIGN_IN_CSRF_COOKIE, fresh, 3600)
-            return response
         signed = RedirectResponse(_local(form.get("next")) or PREFIX, status_code=303)
         cookie(signed, SESSION_COOKIE, token, int(SESSION_LIFETIME.total_seconds()))
         signed.delete_cookie(SIGN_IN_CSRF_COOKIE, path=PREFIX)
