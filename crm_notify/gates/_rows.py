@@ -1,7 +1,8 @@
-"""Moving held items between statuses, with their status history and decision-log entries.
+"""Moving held items between statuses, with their status history (their decision-log entries
+are written with :func:`crm_notify.outbox.repository.log_decisions`).
 
-Shared by the release functions, the follow-ups and the ``cancel_on`` withdrawal; each works in
-the caller's session (and transaction).
+Shared by the release functions and the ``cancel_on`` withdrawal; each works in the caller's
+session (and transaction).
 """
 
 from __future__ import annotations
@@ -9,15 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import cast
 
 import sqlalchemy as sa
 from sqlmodel import Session
 
 from crm_notify.db import insert_rows, new_row
 from crm_notify.outbox.models import (
-    Decision,
-    DecisionOutcome,
     Notification,
     NotificationStatus,
     NotificationStatusChange,
@@ -81,35 +80,3 @@ def move_items(
         ],
     )
     return moved
-
-
-def log_decisions(
-    session: Session,
-    moved: Sequence[Moved],
-    *,
-    outcome: DecisionOutcome,
-    reason: str,
-    details: dict[str, Any],
-    moment: datetime,
-) -> None:
-    """One decision-log entry per moved item."""
-    insert_rows(
-        session,
-        Decision,
-        [
-            new_row(
-                Decision,
-                {
-                    "rule": row.rule,
-                    "outcome": outcome.value,
-                    "reason": reason,
-                    "event_id": row.event_id,
-                    "contact_id": row.contact_id,
-                    "notification_id": row.id,
-                    "details": details,
-                    "at": moment,
-                },
-            )
-            for row in moved
-        ],
-    )

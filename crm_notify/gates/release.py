@@ -30,10 +30,11 @@ from sqlmodel import Session, col, select
 from crm_notify.actions.rows import firing_key
 from crm_notify.clock import now
 from crm_notify.errors import GateClosedError
-from crm_notify.gates._rows import NOTIFICATION, log_decisions, move_items
+from crm_notify.gates._rows import NOTIFICATION, move_items
 from crm_notify.gates.follow_up import after_rejected, after_timed_out
 from crm_notify.gates.model import Gate, GateDelivery, GateStatus, OnTimeout, gate_config_from_json
 from crm_notify.outbox.models import DecisionOutcome, Notification, NotificationStatus
+from crm_notify.outbox.repository import log_decisions
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,9 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from crm_notify.clock import now
-from crm_notify.gates._rows import log_decisions, move_items
+from crm_notify.gates._rows import move_items
 from crm_notify.outbox.models import DecisionOutcome, Notification, NotificationStatus
+from crm_notify.outbox.repository import log_decisions
 from crm_notify.timers.models import Timer
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
@@ -351,7 +351,13 @@ def mark_deferred(
         session=session, notification_id=notification.id, error=reason, next_attempt_at=until
     ):
         return False
-    _log_decision(session, notification, DecisionOutcome.DEFER, reason, verdict.details)
+    log_decisions(
+        session,
+        [notification],
+        outcome=DecisionOutcome.DEFER,
+        reason=reason,
+        details=verdict.details,
+    )
     return True
 
 
@@ -386,20 +392,40 @@ def mark_cancelled(
         values={"last_error": None},
     ):
         return False
-    _log_decision(
-        session, notification, DecisionOutcome.SKIP, f"cancelled at delivery: {reason}", details
+    log_decisions(
+        session,
+        [notification],
+        outcome=DecisionOutcome.SKIP,
+        reason=f"cancelled at delivery: {reason}",
+        details=details,
     )
     return True
 
 
-def _log_decision(
+class NotificationFacts(Protocol):
+    """What a decision-log entry about a notification needs (a row, or a moved item)."""
+
+    @property
+    def id(self) -> int | None: ...
+    @property
+    def rule(self) -> str: ...
+    @property
+    def event_id(self) -> int | None: ...
+    @property
+    def contact_id(self) -> int | None: ...
+
+
+def log_decisions(
     session: Session,
-    notification: Notification,
+    notifications: Sequence[NotificationFacts],
+    *,
     outcome: DecisionOutcome,
     reason: str,
     details: dict[str, Any] | None,
+    moment: datetime | None = None,
 ) -> None:
-    """One decision-log entry about ``notification``, taken at delivery."""
+    """One decision-log entry about each of ``notifications`` (in the caller's transaction)."""
+    at = moment or now()
     insert_rows(
         session,
         Decision,
@@ -407,15 +433,17 @@ def _log_decision(
             new_row(
                 Decision,
                 {
-                    "rule": notification.rule,
-                    "outcome": outcome,
+                    "rule": row.rule,
+                    "outcome": outcome.value,
                     "reason": reason,
-                    "event_id": notification.event_id,
-                    "contact_id": notification.contact_id,
-                    "notification_id": notification.id,
+                    "event_id": row.event_id,
+                    "contact_id": row.contact_id,
+                    "notification_id": row.id,
                     "details": details,
+                    "at": at,
                 },
             )
+            for row in notifications
         ],
     )
 
