@@ -106,6 +106,19 @@ def _rows(engine: Engine, rule: str = "cart-gated") -> list[Notification]:
         return list(rows)
 
 
+def _held_cart_reminder(
+    runtime: Runtime, clock: Any, held_at: datetime, **traits: Any
+) -> Notification:
+    """A contact's cart left at the frozen clock's time, and its reminder, held by the gate at
+    ``held_at`` (the scheduler's pass then)."""
+    _identify(runtime, **traits)
+    _track(runtime, "Product Added", cart_id="C1", product_id="P1")
+    clock.move_to(held_at)
+    runtime.scheduler.run_once()
+    [row] = _rows(runtime.engine)
+    return row
+
+
 def _reasons(engine: Engine, notification_id: int) -> list[str]:
     with Session(engine) as session:
         return list(
@@ -152,11 +165,9 @@ def test_a_send_released_into_the_night_waits_for_the_morning(
     # Given a contact in Warsaw (UTC+1 in March) and a cart reminder held at 20:00 local time
     evening = datetime(2026, 3, 2, 18, 0, tzinfo=UTC)
     with freeze_time(evening) as clock:
-        _identify(runtime, timezone="Europe/Warsaw")
-        _track(runtime, "Product Added", cart_id="C1", product_id="P1")
-        clock.move_to(evening + timedelta(hours=1, minutes=1))
-        runtime.scheduler.run_once()
-        [row] = _rows(engine)
+        row = _held_cart_reminder(
+            runtime, clock, evening + timedelta(hours=1, minutes=1), timezone="Europe/Warsaw"
+        )
         assert row.status == "gated"
         # When the integration releases it at 22:30 local time
         clock.move_to(datetime(2026, 3, 2, 21, 30, tzinfo=UTC))
@@ -229,11 +240,7 @@ def test_one_scheduler_pass_holds_all_its_sends_under_one_gate(
 def test_a_rejected_send_is_retried_once_a_day_later(runtime: Runtime, engine: Engine) -> None:
     with freeze_time(START) as clock:
         # Given a held cart reminder
-        _identify(runtime)
-        _track(runtime, "Product Added", cart_id="C1", product_id="P1")
-        clock.move_to(START + timedelta(hours=1, minutes=1))
-        runtime.scheduler.run_once()
-        [original] = _rows(engine)
+        original = _held_cart_reminder(runtime, clock, START + timedelta(hours=1, minutes=1))
         # When the integration rejects it
         with session_scope(engine) as session:
             result = cancel_item(session, _gate_of(session, original), original.id or 0, reason="")
@@ -268,11 +275,7 @@ def test_timed_out_sends_are_retried_and_a_cancel_on_event_stops_the_retry(
 ) -> None:
     with freeze_time(START) as clock:
         # Given a held cart reminder whose gate times out (on_timeout: drop, retried in 2h)
-        _identify(runtime)
-        _track(runtime, "Product Added", cart_id="C1", product_id="P1")
-        clock.move_to(START + timedelta(hours=1, minutes=1))
-        runtime.scheduler.run_once()
-        [original] = _rows(engine)
+        original = _held_cart_reminder(runtime, clock, START + timedelta(hours=1, minutes=1))
         with session_scope(engine) as session:
             assert time_out(session, _gate_of(session, original)) == []
         assert original.id is not None
@@ -351,11 +354,9 @@ def test_a_released_send_retried_at_night_waits_for_the_morning_too(
     # worker died; the relay made it retrying)
     evening = datetime(2026, 3, 2, 18, 0, tzinfo=UTC)
     with freeze_time(evening) as clock:
-        _identify(runtime, timezone="Europe/Warsaw")
-        _track(runtime, "Product Added", cart_id="C1", product_id="P1")
-        clock.move_to(evening + timedelta(hours=1, minutes=30))
-        runtime.scheduler.run_once()
-        [row] = _rows(engine)
+        row = _held_cart_reminder(
+            runtime, clock, evening + timedelta(hours=1, minutes=30), timezone="Europe/Warsaw"
+        )
         with session_scope(engine) as session:
             assert release(session, _gate_of(session, row)) == [row.id]
             held = session.get(Notification, row.id)
