@@ -14,7 +14,7 @@ import email.policy
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlmodel import Session
@@ -91,16 +91,25 @@ class ConsoleTools:
     rules_dir: Path | None = None
     purposes: tuple[str, ...] = ()
 
+    _lint_cache: dict[tuple[object, ...], list[RuleFileError]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
     def lint(self) -> list[RuleFileError]:
-        """The problems of the rule files as they are on disk now (as ``rules lint`` finds)."""
+        """The problems of the rule files as they are on disk now (as ``rules lint`` finds);
+        linted again only when a file under the rules or templates folder changed."""
         if self.rules_dir is None:
             return []
-        return lint_rules(
-            self.rules_dir,
-            template_exists=self.templates.exists,
-            purposes=self.purposes or BUILTIN_PURPOSES,
-            environ=os.environ,
-        )
+        key = _snapshot(self.rules_dir, self.templates.templates_dir)
+        if key not in self._lint_cache:
+            self._lint_cache.clear()
+            self._lint_cache[key] = lint_rules(
+                self.rules_dir,
+                template_exists=self.templates.exists,
+                purposes=self.purposes or BUILTIN_PURPOSES,
+                environ=os.environ,
+            )
+        return self._lint_cache[key]
 
     def email_rules(self) -> list[Rule]:
         """The rules that send email, by name."""
@@ -153,3 +162,17 @@ class ConsoleTools:
         result = self.esps.send_text(copy.as_string(policy=email.policy.SMTP))
         logger.info("console user %s sent a test copy through %s", by_user, result.esp)
         return result.esp
+
+
+def _snapshot(*folders: Path) -> tuple[object, ...]:
+    """Every file below ``folders`` with its size and modification time (a change to any, a
+    new file or a removed one gives another snapshot)."""
+    entries: list[object] = []
+    for folder in folders:
+        for path in sorted(folder.rglob("*")):
+            try:
+                stat = path.stat()
+            except OSError:  # removed meanwhile
+                continue
+            entries.append((str(path), stat.st_size, stat.st_mtime_ns))
+    return tuple(entries)
