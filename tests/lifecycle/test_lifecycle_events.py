@@ -10,10 +10,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from crm_notify.app import create_app
 from crm_notify.contacts.models import Contact
 from crm_notify.db import session_scope
 from crm_notify.events.models import Event
@@ -29,10 +31,12 @@ from crm_notify.lifecycle.relay import LifecycleRelay
 from crm_notify.migrations import upgrade
 from crm_notify.outbox.models import Notification
 from crm_notify.runtime import Runtime
-from crm_notify.webhooks.effects import apply_effects
-from crm_notify.webhooks.events import BounceKind, EventType, TrackingEvent
 from tests.conftest import ROOT
-from tests.support.servers import SmtpSink, write_tree
+from tests.support.servers import SmtpSink, serve, write_tree
+from tests.webhooks.test_postmark import CREDENTIALS as POSTMARK_CREDENTIALS
+from tests.webhooks.test_postmark import bounce as postmark_bounce
+from tests.webhooks.test_postmark import call as postmark_call
+from tests.webhooks.test_postmark import record as postmark_record
 
 RULES = {
     "goodbye.yaml": """
@@ -56,7 +60,10 @@ purpose: transactional
 def runtime(make_settings: Any, smtp_sink: SmtpSink, tmp_path: Path) -> Iterator[Runtime]:
     write_tree(tmp_path / "rules", RULES)
     settings = make_settings(
-        esp_url=smtp_sink.url, rules_dir=tmp_path / "rules", templates_dir=ROOT / "templates"
+        esp_url=smtp_sink.url,
+        rules_dir=tmp_path / "rules",
+        templates_dir=ROOT / "templates",
+        postmark_webhook_auth=POSTMARK_CREDENTIALS,
     )
     built = Runtime.from_settings(settings)
     upgrade(built.engine)
@@ -204,17 +211,22 @@ def test_tracking_reports_become_delivered_and_bounced_events(runtime: Runtime) 
     runtime.lifecycle.run_once()  # the goodbye mail is decided and sent
     with Session(engine) as session:
         goodbye = session.exec(select(Notification).where(Notification.rule == "goodbye")).one()
-    # When the provider reports it delivered, then bounced
-    with session_scope(engine) as session:
-        row = session.get(Notification, goodbye.id)
-        for kind, bounce in ((EventType.DELIVERED, None), (EventType.BOUNCED, BounceKind.SOFT)):
-            event = TrackingEvent(
-                event_type=kind,
-                provider_event_type=kind.value,
-                event_id=f"e-{kind.value}",
-                bounce_kind=bounce,
-            )
-            apply_effects(session, "postmark", event, row, "ada@example.com", ["marketing"])
+    # When the provider reports it delivered, then bounced, through its real webhook over HTTP
+    records = [
+        postmark_record("Delivery", recipient="ada@example.com", notification_id=goodbye.id),
+        postmark_bounce(
+            "SoftBounce",
+            4001,
+            recipient="ada@example.com",
+            notification_id=goodbye.id,
+            message_id="a2f5e2b0-0c7b-4a43-9a53-9a0d1e7f3c11",
+        ),
+    ]
+    with serve(create_app(runtime.settings, runtime=runtime)) as url:
+        for record in records:
+            body, headers = postmark_call(record)
+            answer = httpx.post(f"{url}/v1/webhooks/esp/postmark", content=body, headers=headers)
+            assert answer.status_code == 200, answer.text
     runtime.lifecycle.run_once()
     events = _lifecycle(engine)
     reported = {name: props for name, props in events if name.startswith("notification.")}
