@@ -116,6 +116,12 @@ def off() -> HTMLResponse:
     )
 
 
+def query_text(request: Request, name: str, *, limit: int = 320) -> str:
+    """Query parameter ``name``, trimmed, without NUL characters (which PostgreSQL refuses in
+    text), at most ``limit`` characters; ``""`` when absent."""
+    return (request.query_params.get(name) or "").replace("\x00", "").strip()[:limit]
+
+
 def is_id(text: str) -> bool:
     """Whether ``text`` is a row id (ASCII digits, at most 18)."""
     return text.isascii() and text.isdigit() and len(text) <= 18

@@ -34,7 +34,7 @@ from fastapi.responses import RedirectResponse, Response
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, or_, select
 
-from crm_notify.console._view import PREFIX, ConsoleView, is_id, off
+from crm_notify.console._view import PREFIX, ConsoleView, is_id, off, query_text
 from crm_notify.console.contact_actions import add_contact_actions
 from crm_notify.console.preview import ConsoleTools, redact_links
 from crm_notify.console.preview_pages import add_preview_routes
@@ -155,7 +155,7 @@ def make_router(
         if isinstance(current, Response):
             return current
         user, csrf = current
-        query = request.query_params.get("q", "").strip()[:320]
+        query = query_text(request, "q")
 
         def find() -> list[Contact]:
             with Session(engine) as session:

@@ -19,7 +19,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 from sqlmodel import Session
 
-from crm_notify.console._view import PREFIX, ConsoleView
+from crm_notify.console._view import PREFIX, ConsoleView, query_text
 from crm_notify.console.charts import bar_chart, line_chart
 from crm_notify.console.dashboard import (
     PERIODS,
@@ -81,7 +81,7 @@ def add_rule_routes(router: APIRouter, view: ConsoleView, tools: ConsoleTools) -
         rule = tools.rules.by_name(name)
         if rule is None:
             return view.refused(404, "No such rule.", user)
-        who = (request.query_params.get("contact") or "").strip()[:320]
+        who = query_text(request, "contact")
         if who:
 
             def find() -> int | None:

@@ -13,8 +13,9 @@ MAX_FORM_BYTES = 64 * 1024
 
 
 async def read_form(request: Request) -> dict[str, str]:
-    """The fields of a form post (the last value of each name); ``{}`` for a body that is
-    too large, of another type or unreadable."""
+    """The fields of a form post (the last value of each name), without NUL characters (no
+    database column may hold one); ``{}`` for a body that is too large, of another type or
+    unreadable."""
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
@@ -23,11 +24,13 @@ async def read_form(request: Request) -> dict[str, str]:
     content_type = request.headers.get("content-type", "")
     media_type = content_type.partition(";")[0].strip().lower()
     if media_type == "multipart/form-data":
-        return _multipart(content_type, bytes(body))
-    if media_type in ("application/x-www-form-urlencoded", ""):
+        fields = _multipart(content_type, bytes(body))
+    elif media_type in ("application/x-www-form-urlencoded", ""):
         text = bytes(body).decode("utf-8", "replace")
-        return dict(parse_qsl(text, keep_blank_values=True))
-    return {}
+        fields = dict(parse_qsl(text, keep_blank_values=True))
+    else:
+        return {}
+    return {name: value.replace("\x00", "") for name, value in fields.items()}
 
 
 def _multipart(content_type: str, body: bytes) -> dict[str, str]:

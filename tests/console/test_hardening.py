@@ -82,3 +82,19 @@ def test_a_form_posted_without_a_session_goes_to_sign_in(console_app: Console) -
         data={"csrf": "x"},
     )
     assert answer.status_code == 303 and answer.headers["location"] == "/console/sign-in"
+
+
+@pytest.mark.usefixtures("users")
+def test_nul_characters_in_input_are_ignored_not_a_database_error(console_app: Console) -> None:
+    # PostgreSQL refuses NUL in text: the console drops it instead of answering 503
+    client, _token = _signed_in(console_app, SUPPORT)
+    assert "Nobody matches" in client.get("/console", params={"q": "zz\x00zz"}).text
+    dry_run = client.get("/console/rules/welcome", params={"contact": "no\x00body"})
+    assert dry_run.status_code == 200 and "No contact with email or user id" in dry_run.text
+    fresh = httpx.Client(base_url=console_app.url)
+    form = fresh.get("/console/sign-in")
+    answer = fresh.post(
+        "/console/sign-in",
+        data={"email": "a\x00@example.com", "password": "x" * 12, "csrf": _csrf(form.text)},
+    )
+    assert answer.status_code == 401
