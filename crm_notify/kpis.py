@@ -12,7 +12,7 @@ Webhook actions (``channel`` ``webhook``) have only sent and failed counts.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -85,6 +85,41 @@ def rule_kpis(
 
     Failed counts the notifications that ended ``failed`` in the window (by last update).
     """
+    found = _collect(session, since=since, until=until, rule=rule, by_day=False)
+    return [found[key] for key in sorted(found)]
+
+
+def daily_rule_kpis(
+    *, session: Session, since: datetime, until: datetime, rule: str | None = None
+) -> dict[str, list[RuleKpis]]:
+    """:func:`rule_kpis` for each UTC day of ``[since, until)`` that had any, in the same
+    three queries (grouped by day too), by day (``YYYY-MM-DD``)."""
+    by_day: dict[str, list[RuleKpis]] = {}
+    found = _collect(session, since=since, until=until, rule=rule, by_day=True)
+    for key in sorted(found):
+        by_day.setdefault(key[0], []).append(found[key])
+    return by_day
+
+
+def _utc_day(session: Session, column: Any) -> Any:
+    """``column``'s UTC day as ``YYYY-MM-DD`` (SQLite stores UTC without a zone)."""
+    # Constants inline, not bound: PostgreSQL matches the GROUP BY expression to the selected
+    # one only when they are written alike.
+    if session.get_bind().dialect.name == "postgresql":
+        utc = sa.func.timezone(sa.literal_column("'UTC'"), column)
+        return sa.func.to_char(utc, sa.literal_column("'YYYY-MM-DD'"))
+    return sa.func.strftime(sa.literal_column("'%Y-%m-%d'"), column)
+
+
+def _collect(
+    session: Session,
+    *,
+    since: datetime | None,
+    until: datetime | None,
+    rule: str | None,
+    by_day: bool,
+) -> dict[tuple[str, str, str], RuleKpis]:
+    """The KPIs by (day, rule, channel); the day is ``""`` unless ``by_day``."""
     table = Notification.__table__  # type: ignore[attr-defined]
     events = TrackingEventRecord.__table__  # type: ignore[attr-defined]
 
@@ -98,27 +133,36 @@ def rule_kpis(
             clauses.append(table.c.rule == rule)
         return clauses
 
-    results: dict[tuple[str, str], RuleKpis] = {}
+    def keys(column: sa.ColumnElement[Any]) -> list[Any]:
+        """What a query groups by: the day of ``column`` (with ``by_day``), rule, channel."""
+        day = [_utc_day(session, column)] if by_day else []
+        return [*day, table.c.rule, table.c.channel]
 
-    def entry(rule_name: str, channel: str) -> RuleKpis:
-        return results.setdefault((rule_name, channel), RuleKpis(rule_name, channel))
+    results: dict[tuple[str, str, str], RuleKpis] = {}
 
-    sent = sa.select(table.c.rule, table.c.channel, sa.func.count()).where(
-        table.c.status == NotificationStatus.SENT.value, *window(table.c.sent_at)
+    def entry(row: Sequence[Any]) -> RuleKpis:
+        day, rule_name, channel = row if by_day else ("", *row)
+        return results.setdefault((day, rule_name, channel), RuleKpis(rule_name, channel))
+
+    sent_keys = keys(table.c.sent_at)
+    sent = (
+        sa.select(*sent_keys, sa.func.count())
+        .where(table.c.status == NotificationStatus.SENT.value, *window(table.c.sent_at))
+        .group_by(*sent_keys)
     )
-    for rule_name, channel, count in session.execute(sent.group_by(table.c.rule, table.c.channel)):
-        entry(rule_name, channel).sent = count
-    failed = sa.select(table.c.rule, table.c.channel, sa.func.count()).where(
-        table.c.status == NotificationStatus.FAILED.value, *window(table.c.updated_at)
+    for *key, count in session.execute(sent):
+        entry(key).sent = count
+    failed_keys = keys(table.c.updated_at)
+    failed = (
+        sa.select(*failed_keys, sa.func.count())
+        .where(table.c.status == NotificationStatus.FAILED.value, *window(table.c.updated_at))
+        .group_by(*failed_keys)
     )
-    for rule_name, channel, count in session.execute(
-        failed.group_by(table.c.rule, table.c.channel)
-    ):
-        entry(rule_name, channel).failed = count
+    for *key, count in session.execute(failed):
+        entry(key).failed = count
     tracked = (
         sa.select(
-            table.c.rule,
-            table.c.channel,
+            *sent_keys,
             events.c.event_type,
             sa.func.count(sa.distinct(events.c.notification_id)),
         )
@@ -128,11 +172,11 @@ def rule_kpis(
             table.c.status == NotificationStatus.SENT.value,
             *window(table.c.sent_at),
         )
-        .group_by(table.c.rule, table.c.channel, events.c.event_type)
+        .group_by(*sent_keys, events.c.event_type)
     )
-    for rule_name, channel, event_type, count in session.execute(tracked):
-        setattr(entry(rule_name, channel), event_type, count)
-    return [results[key] for key in sorted(results)]
+    for *key, event_type, count in session.execute(tracked):
+        setattr(entry(key), event_type, count)
+    return results
 
 
 def format_kpis(rows: Iterable[RuleKpis]) -> str:

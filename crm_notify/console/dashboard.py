@@ -1,5 +1,5 @@
 """What the console's rule pages and KPI dashboard show: each rule's lint status, and its KPIs
-day by day (:func:`crm_notify.kpis.rule_kpis` per UTC day) with the skips by kind of reason."""
+day by day (:func:`crm_notify.kpis.daily_rule_kpis`) with the skips by kind of reason."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from sqlmodel import Session, col, func, select
 
 from crm_notify.clock import now
 from crm_notify.errors import RuleFileError
-from crm_notify.kpis import rule_kpis
+from crm_notify.kpis import daily_rule_kpis
 from crm_notify.metrics import reason_kind
 from crm_notify.outbox.models import Decision, DecisionOutcome
 from crm_notify.rules.model import Rule
@@ -88,16 +88,18 @@ def daily_kpis(
             )
         return series[name]
 
-    for index, start in enumerate(starts):
-        for row in rule_kpis(
-            session=session, since=start, until=start + timedelta(days=1), rule=rule
-        ):
-            if row.channel != "email":
+    index_of = {start.strftime("%Y-%m-%d"): index for index, start in enumerate(starts)}
+    found = daily_rule_kpis(
+        session=session, since=starts[0], until=today + timedelta(days=1), rule=rule
+    )
+    for day, rows in found.items():
+        for row in rows:
+            if row.channel != "email" or day not in index_of:
                 continue
             entry = of(row.rule)
-            entry.sent[index] = row.sent
+            entry.sent[index_of[day]] = row.sent
             for name, value in row.rates().items():
-                entry.rates[name][index] = value
+                entry.rates[name][index_of[day]] = value
     skips = (
         select(Decision.rule, Decision.reason, func.count())
         .where(col(Decision.outcome) == DecisionOutcome.SKIP.value, col(Decision.at) >= starts[0])

@@ -22,7 +22,7 @@ from crm_notify.config import Settings
 from crm_notify.contacts.models import Contact
 from crm_notify.db import session_scope
 from crm_notify.guards.models import ConsentRecord
-from crm_notify.kpis import rule_kpis
+from crm_notify.kpis import daily_rule_kpis, rule_kpis
 from crm_notify.outbox.models import Notification, NotificationStatus
 from crm_notify.webhooks.events import BounceKind, EventType, TrackingEvent
 from crm_notify.webhooks.ingest import record_tracking_events
@@ -223,3 +223,30 @@ def test_an_echoed_id_of_another_recipient_is_not_linked(engine: Engine) -> None
     with Session(engine) as session:
         (stored,) = session.exec(select(TrackingEventRecord)).all()
     assert stored.notification_id is None
+
+
+def test_daily_kpis_match_the_totals_day_by_day(seeded: Engine) -> None:
+    # Given the seeded notifications, and three more of promo sent late the next day (UTC)
+    next_day = datetime(2026, 11, 21, 23, 30, tzinfo=UTC)
+    with session_scope(seeded) as session:
+        for n in range(3):
+            row = _notification(session, 200 + n, rule="promo")
+            row.sent_at = next_day
+            session.add(row)
+    # When the KPIs are taken per day, in one set of grouped queries
+    with Session(seeded) as session:
+        daily = daily_rule_kpis(
+            session=session,
+            since=datetime(2026, 11, 19, tzinfo=UTC),
+            until=datetime(2026, 11, 23, tzinfo=UTC),
+        )
+        first_day = rule_kpis(
+            session=session,
+            since=datetime(2026, 11, 20, tzinfo=UTC),
+            until=datetime(2026, 11, 21, tzinfo=UTC),
+        )
+    # Then each day holds what rule_kpis finds for that day alone
+    assert sorted(daily) == ["2026-11-20", "2026-11-21"]
+    assert daily["2026-11-20"] == first_day
+    [late] = daily["2026-11-21"]
+    assert (late.rule, late.sent, late.delivered) == ("promo", 3, 0)
