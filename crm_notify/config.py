@@ -199,6 +199,12 @@ class Settings(BaseSettings):
         description="Standard Webhooks signing secret (whsec_ + base64 of 24-64 bytes) of rule "
         "webhook actions without their own `secret:`; unset: those are sent unsigned.",
     )
+    outbound_allow_networks: str = Field(
+        "",
+        description="Networks that requests to other tools (webhook actions and subscriptions, "
+        "send gates, fetch steps) may reach although they are not public, comma-separated: "
+        "`10.0.0.0/8`, `127.0.0.1`, `loopback`, `private`; unset: public addresses only.",
+    )
     metrics_token: SecretStr | None = Field(
         None,
         description="When set, GET /metrics needs `Authorization: Bearer <token>`; unset: "
@@ -277,6 +283,14 @@ class Settings(BaseSettings):
             if not PURPOSE_PATTERN.fullmatch(name):
                 raise ValueError(f"purpose {name!r} must match {PURPOSE_PATTERN.pattern}")
         return ",".join(dict.fromkeys(["transactional", "marketing", *names]))
+
+    @field_validator("outbound_allow_networks")
+    @classmethod
+    def _check_outbound_allow_networks(cls, value: str) -> str:
+        from crm_notify._net import OutboundPolicy
+
+        OutboundPolicy.parse(value)  # ValueError names the entry
+        return value
 
     @field_validator("esps")
     @classmethod

@@ -122,6 +122,7 @@ def make_settings(tmp_path: Path, database_url: str):  # type: ignore[no-untyped
             "templates_dir": ROOT / "templates",
             "esp_url": f"file://{tmp_path / 'var' / 'outbox'}",
             "relay_interval_s": 0.2,
+            "outbound_allow_networks": "loopback",
         }
         values.update(overrides)
         return load_settings(None, **values)

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from standardwebhooks import Webhook
 
+from crm_notify._net import OutboundPolicy
 from crm_notify.actions.model import WebhookAction
 from crm_notify.actions.preview import MASK, masked_url, preview_request
 from crm_notify.actions.sender import WebhookActionSender
@@ -299,7 +300,9 @@ def contact(engine: Engine) -> Contact:
 
 def _preview(engine: Engine, rules: RuleSet, contact: Contact, environ: dict[str, str]) -> Any:
     call = parse_call(SHIPPED, type_hint=None, received_at=datetime.now(UTC))
-    sender = WebhookActionSender(rules=rules, environ=environ)
+    sender = WebhookActionSender(
+        policy=OutboundPolicy.allow_loopback(), rules=rules, environ=environ
+    )
     try:
         with Session(engine) as session:
             return build_preview(
@@ -366,7 +369,9 @@ def test_masked_url(url: str, shown: str) -> None:
 
 def test_a_get_action_has_no_body() -> None:
     action = WebhookAction(name="ping", url="https://a.example/ping?t=${K}", method="GET")
-    sender = WebhookActionSender(rules=RuleSet(), environ={"K": "secret-k"})
+    sender = WebhookActionSender(
+        policy=OutboundPolicy.allow_loopback(), rules=RuleSet(), environ={"K": "secret-k"}
+    )
     try:
         shown = preview_request(sender, action, rule="r", context={})
     finally:

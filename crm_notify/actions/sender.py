@@ -36,7 +36,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col
 
-from crm_notify._net import outbound_client
+from crm_notify._net import PUBLIC_ONLY, OutboundPolicy, blocked_reason, outbound_client
 from crm_notify.actions.body import CONTENT_TYPES
 from crm_notify.actions.model import WebhookAction
 from crm_notify.actions.signing import (
@@ -99,6 +99,7 @@ class WebhookActionSender:
         default_secret: the signing secret of actions without ``secret:``
             (``CRM_NOTIFY_WEBHOOK_SECRET``); ``None``: those are sent unsigned.
         timeout_s: connect and read timeout of one request.
+        policy: the addresses requests may reach (default: public ones only).
         transport: an ``httpx`` transport (tests).
     """
 
@@ -109,13 +110,14 @@ class WebhookActionSender:
         environ: Mapping[str, str],
         default_secret: SigningSecret | None = None,
         timeout_s: float = REQUEST_TIMEOUT_S,
+        policy: OutboundPolicy = PUBLIC_ONLY,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self._rules = rules
         self._environ = environ
         self._default_secret = default_secret
         self._client = outbound_client(
-            timeout_s=timeout_s, user_agent=USER_AGENT, transport=transport
+            timeout_s=timeout_s, user_agent=USER_AGENT, policy=policy, transport=transport
         )
 
     @classmethod
@@ -128,7 +130,12 @@ class WebhookActionSender:
             ConfigurationError: ``CRM_NOTIFY_WEBHOOK_SECRET`` is not a signing secret.
         """
         secret = default_secret(settings)
-        return cls(rules=rules, environ=environ, default_secret=secret)
+        return cls(
+            rules=rules,
+            environ=environ,
+            default_secret=secret,
+            policy=OutboundPolicy.from_settings(settings),
+        )
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -191,7 +198,8 @@ class WebhookActionSender:
         Raises:
             EspTransientError: a timeout, a network error, or 408, 429 or 5xx (with
                 ``Retry-After`` when the receiver gave one).
-            EspPermanentError: another status that is not 2xx, or a URL httpx refuses.
+            EspPermanentError: another status that is not 2xx, a URL httpx refuses, or an
+                address the outbound policy refuses.
 
         Returns:
             The receiver's (2xx) status.
@@ -202,6 +210,9 @@ class WebhookActionSender:
         except httpx.TimeoutException as exc:
             raise EspTransientError(SENDER_NAME, f"timeout: {exc}") from exc
         except httpx.TransportError as exc:
+            refused = blocked_reason(exc)
+            if refused is not None:
+                raise EspPermanentError(SENDER_NAME, refused) from exc
             raise EspTransientError(SENDER_NAME, f"network error: {exc}") from exc
         except httpx.InvalidURL as exc:
             raise EspPermanentError(SENDER_NAME, f"invalid URL: {exc}") from exc

@@ -35,7 +35,7 @@ import httpx
 import sqlalchemy as sa
 from sqlmodel import Session, col
 
-from crm_notify._net import outbound_client
+from crm_notify._net import PUBLIC_ONLY, OutboundPolicy, blocked_reason, outbound_client
 from crm_notify.actions.env import expand
 from crm_notify.actions.signing import (
     MESSAGE_ID_PREFIX,
@@ -117,6 +117,7 @@ class GateNotifier:
         default_secret: the signing secret of gates without ``secret:``
             (``CRM_NOTIFY_WEBHOOK_SECRET``); ``None``: those are sent unsigned.
         timeout_s: connect and read timeout of one request.
+        policy: the addresses requests may reach (default: public ones only).
         transport: an ``httpx`` transport (tests).
     """
 
@@ -128,6 +129,7 @@ class GateNotifier:
         environ: Mapping[str, str],
         default_secret: SigningSecret | None = None,
         timeout_s: float = REQUEST_TIMEOUT_S,
+        policy: OutboundPolicy = PUBLIC_ONLY,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self._secret_key = secret_key
@@ -136,7 +138,7 @@ class GateNotifier:
         self._default_secret = default_secret
         self.timeout_s = timeout_s
         self._client = outbound_client(
-            timeout_s=timeout_s, user_agent=USER_AGENT, transport=transport
+            timeout_s=timeout_s, user_agent=USER_AGENT, policy=policy, transport=transport
         )
 
     @classmethod
@@ -155,6 +157,7 @@ class GateNotifier:
             base_url=settings.base_url,
             environ=environ,
             default_secret=secret,
+            policy=OutboundPolicy.from_settings(settings),
         )
 
     def close(self) -> None:
@@ -230,7 +233,8 @@ class GateNotifier:
 
         Returns:
             ``notified`` (2xx), ``retry`` (408, 429, 5xx, timeout, network error) or
-            ``failed`` (any other answer, or a URL httpx refuses).
+            ``failed`` (any other answer, a URL httpx refuses, or an address the outbound
+            policy refuses).
         """
         try:
             response = self._client.send(
@@ -239,8 +243,13 @@ class GateNotifier:
         except httpx.TimeoutException as exc:
             attempt = GateAttempt(AttemptOutcome.RETRY, error=f"timeout ({type(exc).__name__})")
         except httpx.TransportError as exc:
-            attempt = GateAttempt(
-                AttemptOutcome.RETRY, error=f"network error ({type(exc).__name__})"
+            refused = blocked_reason(exc)
+            attempt = (
+                GateAttempt(AttemptOutcome.FAILED, error=refused)
+                if refused is not None
+                else GateAttempt(
+                    AttemptOutcome.RETRY, error=f"network error ({type(exc).__name__})"
+                )
             )
         except httpx.InvalidURL:
             attempt = GateAttempt(AttemptOutcome.FAILED, error="invalid URL")

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from standardwebhooks import Webhook
 
+from crm_notify._net import OutboundPolicy
 from crm_notify.actions.sender import WebhookActionSender
 from crm_notify.actions.signing import SigningSecret, new_secret
 from crm_notify.actions.stats import webhook_counts_by_rule
@@ -146,7 +147,10 @@ def pipeline(engine: Engine, rules_dir: Path, tmp_path: Path) -> Iterator[Pipeli
     rules = load_rules(rules_dir, environ=ENVIRON)
     policy = SendPolicy.standard()
     sender = WebhookActionSender(
-        rules=rules, environ=ENVIRON, default_secret=SigningSecret.parse(SECRET)
+        policy=OutboundPolicy.allow_loopback(),
+        rules=rules,
+        environ=ENVIRON,
+        default_secret=SigningSecret.parse(SECRET),
     )
     queued: list[int] = []
     retries: list[tuple[int, timedelta]] = []
@@ -350,7 +354,9 @@ def test_a_client_error_fails_at_once_with_the_answer(pipeline: Pipeline, api: A
 def test_the_request_time_out_is_transient(engine: Engine, rules_dir: Path, api: ApiServer) -> None:
     # Given a sender with a short timeout and a gateway that answers late
     rules = load_rules(rules_dir, environ=ENVIRON)
-    sender = WebhookActionSender(rules=rules, environ=ENVIRON, timeout_s=0.2)
+    sender = WebhookActionSender(
+        policy=OutboundPolicy.allow_loopback(), rules=rules, environ=ENVIRON, timeout_s=0.2
+    )
     (action,) = [a for a in rules.by_name("promo-sms").actions]  # type: ignore[union-attr]
     api.respond(200, delay_s=2)
     from crm_notify.actions.sender import WebhookRequest

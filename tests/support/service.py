@@ -32,8 +32,10 @@ def run_cli(
 
 
 def service_env(base: dict[str, str]) -> dict[str, str]:
-    """The current environment without CRM_NOTIFY_* variables, plus ``base``."""
+    """The current environment without CRM_NOTIFY_* variables, plus requests to other tools
+    allowed to reach loopback (the tests' stand-ins), plus ``base``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_NOTIFY_")}
+    env["CRM_NOTIFY_OUTBOUND_ALLOW_NETWORKS"] = "loopback"
     env.update(base)
     return env
 
