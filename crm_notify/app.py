@@ -25,6 +25,7 @@ from crm_notify.events.schemas import SegmentCall
 from crm_notify.gates.api import make_router as make_gates_router
 from crm_notify.metrics import make_router as make_metrics_router
 from crm_notify.runtime import Runtime
+from crm_notify.subscriptions.api import make_router as make_subscriptions_router
 from crm_notify.unsubscribe.api import make_router as make_unsubscribe_router
 from crm_notify.webhooks.api import make_router as make_tracking_router
 from crm_notify.webhooks.probe import make_probe_router
@@ -112,6 +113,11 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     )
     app.include_router(
         admin_outbox.make_router(engine=rt.engine, authenticate=authenticate, enqueue=rt.enqueue)
+    )
+    app.include_router(
+        make_subscriptions_router(
+            engine=rt.engine, authenticate=authenticate, sender=rt.subscription_sender
+        )
     )
     webhooks = build_webhooks(settings, rt.esp_providers)
     app.include_router(

@@ -53,6 +53,7 @@ LAZY_COMMANDS = {
     "outbox": ("crm_notify.commands.outbox", "outbox"),
     "suppressions": ("crm_notify.commands.suppression", "suppressions"),
     "users": ("crm_notify.commands.users", "users"),
+    "webhooks": ("crm_notify.commands.webhooks", "webhooks"),
 }
 
 
@@ -259,12 +260,14 @@ def scheduler(ctx: _Context, once: bool) -> None:
         if once:
             fired = runtime.scheduler.run_once()
             runtime.gate_runner.run_once()
+            runtime.sync_subscriptions()
             runtime.lifecycle.run_once()
+            runtime.subscriptions.run_once()
             click.echo(f"fired {fired} timers")
             return
         signal.signal(signal.SIGTERM, lambda *_: runtime.scheduler.stop())
         runtime.gate_runner.start()  # send gates' notifications and timeouts run with it
-        runtime.lifecycle.start()  # and lifecycle events are ingested
+        runtime.start_lifecycle()  # lifecycle events are ingested, subscribers told
         click.echo(
             f"scheduler running every {ctx.settings.scheduler_interval:g}s; Ctrl-C stops it",
             err=True,

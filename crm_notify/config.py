@@ -199,6 +199,17 @@ class Settings(BaseSettings):
         description="Standard Webhooks signing secret (whsec_ + base64 of 24-64 bytes) of rule "
         "webhook actions without their own `secret:`; unset: those are sent unsigned.",
     )
+    webhooks_file: Path | None = Field(
+        None,
+        description="YAML file of webhook subscriptions (see docs/webhooks.md); unset: "
+        "subscriptions are managed through the API and `crm-notify webhooks` only.",
+    )
+    webhook_dispatch_interval_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="Seconds between passes sending webhook subscriptions' deliveries.",
+    )
     outbound_allow_networks: str = Field(
         "",
         description="Networks that requests to other tools (webhook actions and subscriptions, "

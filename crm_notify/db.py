@@ -60,6 +60,7 @@ def import_models() -> None:
     from crm_notify.guards import models as _guards  # noqa: F401
     from crm_notify.lifecycle import models as _lifecycle  # noqa: F401
     from crm_notify.outbox import models as _outbox  # noqa: F401
+    from crm_notify.subscriptions import models as _subscriptions  # noqa: F401
     from crm_notify.timers import models as _timers  # noqa: F401
     from crm_notify.webhooks import models as _webhooks  # noqa: F401
 

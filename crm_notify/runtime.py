@@ -12,6 +12,7 @@ import dramatiq
 import redis
 from sqlalchemy.engine import Engine
 
+from crm_notify._net import OutboundPolicy
 from crm_notify.actions.sender import WebhookActionSender
 from crm_notify.config import Settings
 from crm_notify.db import make_engine, session_scope
@@ -37,6 +38,9 @@ from crm_notify.outbox.relay import Relay
 from crm_notify.render.templates import TemplateStore
 from crm_notify.rules.engine import RuleSet
 from crm_notify.rules.loader import load_rules
+from crm_notify.subscriptions.dispatcher import SubscriptionDispatcher
+from crm_notify.subscriptions.file import FileSubscription, load_file, sync_file
+from crm_notify.subscriptions.sender import SubscriptionSender
 from crm_notify.timers.firing import TimerFiring
 from crm_notify.timers.scheduler import Scheduler
 from crm_notify.unsubscribe.links import UnsubscribeLinks
@@ -108,6 +112,9 @@ class Runtime:
     gate_notifier: GateNotifier = field(init=False)
     gate_runner: GateRunner = field(init=False)
     lifecycle: LifecycleRelay = field(init=False)
+    subscription_sender: SubscriptionSender = field(init=False)
+    subscriptions: SubscriptionDispatcher = field(init=False)
+    subscriptions_file: list[FileSubscription] | None = None
     _worker: dramatiq.Worker | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -164,6 +171,15 @@ class Runtime:
             ingest=self.intake.ingest,
             interval_s=self.settings.scheduler_interval,
         )
+        # Webhook subscriptions: file entries' ${NAME} secrets come from the process environment.
+        self.subscription_sender = SubscriptionSender(
+            environ=os.environ, policy=OutboundPolicy.from_settings(self.settings)
+        )
+        self.subscriptions = SubscriptionDispatcher(
+            engine=self.engine,
+            sender=self.subscription_sender,
+            interval_s=self.settings.webhook_dispatch_interval_s,
+        )
         self.relay = Relay(
             engine=self.engine,
             enqueue=self.enqueue,
@@ -197,6 +213,11 @@ class Runtime:
             broker=build_broker(settings),
             policy=SendPolicy.from_settings(settings),
             secret_key=load_secret_key(settings),
+            subscriptions_file=(
+                load_file(settings.webhooks_file, environ=os.environ)
+                if settings.webhooks_file is not None
+                else None
+            ),
         )
 
     @property
@@ -238,13 +259,34 @@ class Runtime:
         if scheduler:
             self.scheduler.start()
             self.gate_runner.start()
-            self.lifecycle.start()
+            self.start_lifecycle()
+
+    def start_lifecycle(self) -> None:
+        """Sync the subscriptions file, then start the lifecycle relay and the dispatcher of
+        webhook subscriptions."""
+        self.sync_subscriptions()
+        self.lifecycle.start()
+        self.subscriptions.start()
+
+    def sync_subscriptions(self) -> dict[str, int] | None:
+        """Sync the subscriptions file into the database (``None``: no file configured).
+
+        Raises:
+            SubscriptionError: a name in the file is an API subscription's.
+        """
+        if self.subscriptions_file is None:
+            return None
+        with session_scope(self.engine) as session:
+            counts = sync_file(session, self.subscriptions_file)
+        logger.info("webhook subscriptions file synced: %s", counts)
+        return counts
 
     def close(self) -> None:
         """Stop background threads and release connections."""
         self.scheduler.stop()
         self.gate_runner.stop()
         self.lifecycle.stop()
+        self.subscriptions.stop()
         self.relay.stop()
         if self._worker is not None:
             self._worker.stop(timeout=30_000)

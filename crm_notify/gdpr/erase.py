@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from urllib.parse import quote_plus
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
@@ -40,6 +41,7 @@ from crm_notify.outbox.models import (
     NotificationStatus,
     NotificationStatusChange,
 )
+from crm_notify.subscriptions.models import SubscriptionDelivery
 from crm_notify.timers.models import Timer
 from crm_notify.webhooks.models import TrackingEventRecord
 
@@ -182,6 +184,20 @@ def erase_contact(*, session: Session, contact: Contact, actor: str) -> ErasureR
                 col(LifecycleEvent.contact_id) == contact.id,
                 _scope.mentions(LifecycleEvent.properties, address),
             )
+        )
+    )
+    # webhook subscriptions' deliveries about them, or naming the address (JSON or form body)
+    mentions_address = (
+        [
+            col(SubscriptionDelivery.body).contains(text, autoescape=True)
+            for text in (address, quote_plus(address))
+        ]
+        if address
+        else []
+    )
+    run(
+        sa.delete(SubscriptionDelivery).where(
+            sa.or_(col(SubscriptionDelivery.contact_id) == contact.id, *mentions_address)
         )
     )
     # 6. contacts

@@ -4,12 +4,14 @@ Each pass reads the events written so far (oldest first), turns each into a ``tr
 (``event`` its name, ``properties`` what it says with its ``source``, its random ``messageId``,
 the contact's ``userId``) and hands them to the intake, so they are stored with the other
 events, shown in the contact's timeline, and rules trigger on them (``trigger: {event:
-contact.unsubscribed}``). The rows are deleted in the intake's own transaction: both commit or
-neither, and a row that vanished meanwhile (the contact was erased) makes the pass start again
-without it, so an erased person's event is never stored. A contact without a ``userId`` gets
-the event row without rules (an ``anonymousId`` may be shared, so no call could name them
-alone). A batch the intake refuses is retried one call at a time; a call that still fails is
-retried on later passes and set aside after :data:`MAX_ATTEMPTS` (logged, kept in the table).
+contact.unsubscribed}``), and queued for the webhook subscriptions that want them
+(:mod:`crm_notify.subscriptions`). The rows are deleted in the intake's own transaction: all
+commit or neither, and a row that vanished meanwhile (the contact was erased) makes the pass
+start again without it, so an erased person's event is never stored. A contact without a
+``userId`` gets the event row without rules (an ``anonymousId`` may be shared, so no call could
+name them alone). A batch the intake refuses is retried one call at a time; a call that still
+fails is retried on later passes and set aside after :data:`MAX_ATTEMPTS` (logged, kept in the
+table).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from crm_notify.db import session_scope
 from crm_notify.events.models import Event
 from crm_notify.events.schemas import SegmentCall, parse_call
 from crm_notify.lifecycle.models import LifecycleEvent
+from crm_notify.subscriptions.fanout import queue_deliveries
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +126,7 @@ class LifecycleRelay(Periodic):
                 raise RowsGone
             for event in unnamed:
                 _store_only(session, event)
+            queue_deliveries(session, rows)  # webhook subscriptions, in the same transaction
 
         if named:
             self._ingest([_call(event, contact) for event, contact in named], SOURCE, within=claim)

@@ -1,0 +1,1 @@
+"""Webhook subscriptions: other tools told about lifecycle events, signed, retried, counted."""
