@@ -12,6 +12,7 @@ changed through the API), 422 naming the field.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -62,6 +63,18 @@ def _validation_problem(exc: ValidationError) -> ApiProblem:
     first = exc.errors()[0]
     field = ".".join(str(part) for part in first["loc"]) or None
     return ApiProblem(422, "invalid_request", f"{field}: {first['msg']}", field)
+
+
+async def _answer(
+    request: Request, authenticate: Authenticate, work: Callable[..., Any], *args: Any
+) -> Response:
+    """Authenticate, run ``work(*args)`` in a thread and answer its result as JSON (or the
+    problem it raised)."""
+    try:
+        await require_key_name(request, authenticate)
+        return JSONResponse(await run_in_threadpool(work, *args))
+    except ApiProblem as problem:
+        return problem_response(problem)
 
 
 def make_router(
@@ -124,11 +137,7 @@ def make_router(
 
     @router.get("", summary="List webhook subscriptions with their state and counters")
     async def listing(request: Request) -> Response:
-        try:
-            await require_key_name(request, authenticate)
-        except ApiProblem as problem:
-            return problem_response(problem)
-        return JSONResponse(await run_in_threadpool(list_all))
+        return await _answer(request, authenticate, list_all)
 
     def show_one(name: str) -> dict[str, Any]:
         with Session(engine) as session:
@@ -136,11 +145,7 @@ def make_router(
 
     @router.get("/{name}", summary="One webhook subscription")
     async def show(request: Request, name: str) -> Response:
-        try:
-            await require_key_name(request, authenticate)
-            return JSONResponse(await run_in_threadpool(show_one, name))
-        except ApiProblem as problem:
-            return problem_response(problem)
+        return await _answer(request, authenticate, show_one, name)
 
     def change_one(name: str, body: SubscriptionChange) -> dict[str, Any]:
         with session_scope(engine) as session:
@@ -191,11 +196,7 @@ def make_router(
 
     @router.post("/{name}/ping", summary="Send a signed test event now")
     async def ping(request: Request, name: str) -> Response:
-        try:
-            await require_key_name(request, authenticate)
-            return JSONResponse(await run_in_threadpool(ping_one, name))
-        except ApiProblem as problem:
-            return problem_response(problem)
+        return await _answer(request, authenticate, ping_one, name)
 
     def redeliver_one(name: str) -> dict[str, Any]:
         with session_scope(engine) as session:
@@ -204,10 +205,6 @@ def make_router(
 
     @router.post("/{name}/redeliver", summary="Queue the failed deliveries again")
     async def redeliver(request: Request, name: str) -> Response:
-        try:
-            await require_key_name(request, authenticate)
-            return JSONResponse(await run_in_threadpool(redeliver_one, name))
-        except ApiProblem as problem:
-            return problem_response(problem)
+        return await _answer(request, authenticate, redeliver_one, name)
 
     return router

@@ -5,7 +5,6 @@ about a profile change a shop's Segment SDK reported, within seconds."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from segment.analytics.client import Client as SegmentClient
 from sqlalchemy.engine import Engine
@@ -27,7 +25,7 @@ from crm_notify.subscriptions.api import make_router
 from crm_notify.subscriptions.sender import SubscriptionSender
 from tests.conftest import ROOT
 from tests.esp._api_server import Answer, ApiServer
-from tests.support.servers import free_port
+from tests.support.servers import serve
 from tests.support.service import ServiceProcess, run_cli, service_env
 
 
@@ -46,16 +44,8 @@ def api(engine: Engine) -> Iterator[httpx.Client]:
     app.include_router(
         make_router(engine=engine, authenticate=ApiKeyAuthenticator(engine=engine), sender=sender)
     )
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", auth=(key, "")) as client:
+    with serve(app) as url, httpx.Client(base_url=url, auth=(key, "")) as client:
         yield client
-    server.should_exit = True
-    thread.join(timeout=10)
     sender.close()
 
 
