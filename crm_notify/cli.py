@@ -484,7 +484,8 @@ def preview(
     """Show what RULE would send to a contact: verdict, headers, text; HTML to a file.
 
     Each webhook action's request is shown as it would go out (method, URL, headers, body),
-    with values from ${NAME} environment variables and the signature masked as ***.
+    with values from ${NAME} environment variables and the signature masked as ***. Fetch
+    steps make no request: their URLs are shown, and the email renders with their fallback.
     """
     from sqlmodel import Session
 
@@ -522,6 +523,9 @@ def preview(
         runtime.webhooks.close()
         runtime.engine.dispose()
     click.echo(f"Verdict: {result.verdict}")
+    for fetch in result.fetches:
+        click.echo(f"Fetch {fetch.name}: {fetch.method} {fetch.url}")
+        click.echo(f"  {fetch.error}" if fetch.error else f"  rendered with {fetch.uses}")
     if result.message is not None:
         click.echo("")
         click.echo(headers_text(result.message))

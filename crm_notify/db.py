@@ -56,6 +56,7 @@ def import_models() -> None:
     from crm_notify.console import models as _console  # noqa: F401
     from crm_notify.contacts import models as _contacts  # noqa: F401
     from crm_notify.events import models as _events  # noqa: F401
+    from crm_notify.fetch import cache as _fetch  # noqa: F401
     from crm_notify.gates import model as _gates  # noqa: F401
     from crm_notify.guards import models as _guards  # noqa: F401
     from crm_notify.lifecycle import models as _lifecycle  # noqa: F401

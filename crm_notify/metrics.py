@@ -15,6 +15,9 @@ restarted target) and grow by the rows written since:
   acceptance (retries included; time held by a gate or deferred by quiet hours is not)
 - ``crm_notify_queue_depth{status}`` (a gauge): notifications ``pending``, ``queued``,
   ``sending``, ``retrying`` and ``gated`` now
+- ``crm_notify_fetches_total{rule, fetch, outcome, error}``: the outcomes of rules' fetch steps
+  (``ok``, ``cache_hit``, ``fallback``, ``skip``, ``defer``; :mod:`crm_notify.fetch.outcomes`),
+  ``error`` the kind of failure (``timeout``, ``status 500``...; empty when none)
 
 Rows are read by id; ids a concurrent transaction committed late (PostgreSQL hands them out
 before commit) are caught by re-reading the last :data:`LOOKBACK` ids of each table. Every
@@ -48,6 +51,8 @@ from sqlmodel import Session, col, func, select
 
 from crm_notify.clock import as_utc
 from crm_notify.events.models import Event
+from crm_notify.fetch.outcomes import fetch_entry
+from crm_notify.fetch.stats import REASON_PATTERN
 from crm_notify.outbox.models import Decision, Notification, NotificationStatusChange
 
 #: Ids re-read on each scrape, to catch rows committed after a higher id was seen.
@@ -116,6 +121,7 @@ class DatabaseMetrics(Collector):
         self._events: Counter[str] = Counter()
         self._decisions: Counter[tuple[str, str]] = Counter()
         self._sends: Counter[tuple[str, str, str]] = Counter()
+        self._fetches: Counter[tuple[str, str, str, str]] = Counter()
         self._latency: list[int] = [0] * (len(LATENCY_BUCKETS) + 1)
         self._latency_sum = 0.0
         with Session(engine) as session:  # count from now on
@@ -124,6 +130,7 @@ class DatabaseMetrics(Collector):
                 for name, column in (
                     ("event", Event.id),
                     ("decision", Decision.id),
+                    ("fetch", Decision.id),
                     ("change", NotificationStatusChange.id),
                 )
             }
@@ -153,6 +160,20 @@ class DatabaseMetrics(Collector):
         )
         for _id, outcome, reason in decisions.new(session.exec(query).all()):
             self._decisions[(str(outcome), reason_kind(str(reason)))] += 1
+        fetches = self._tables["fetch"]
+        query3 = select(Decision.id, Decision.rule, Decision.details).where(
+            col(Decision.id) > fetches.floor, col(Decision.reason).like(REASON_PATTERN)
+        )
+        for _id, rule, details in fetches.new(session.exec(query3).all()):
+            entry = fetch_entry(details)
+            if entry is not None:
+                key = (
+                    rule,
+                    entry["name"],
+                    str(entry.get("outcome")),
+                    str(entry.get("error") or ""),
+                )
+                self._fetches[key] += 1
         changes = self._tables["change"]
         change, notification = NotificationStatusChange, Notification
         query2 = (
@@ -206,6 +227,14 @@ class DatabaseMetrics(Collector):
         for (channel, esp, status), count in sorted(self._sends.items()):
             sends.add_metric([channel, esp, status], count)
         yield sends
+        fetches = CounterMetricFamily(
+            "crm_notify_fetches",
+            "Outcomes of rules' fetch steps, by rule, step, outcome and kind of failure.",
+            labels=["rule", "fetch", "outcome", "error"],
+        )
+        for labels, count in sorted(self._fetches.items()):
+            fetches.add_metric(list(labels), count)
+        yield fetches
         buckets, running = [], 0
         for bound, count in zip((*LATENCY_BUCKETS, float("inf")), self._latency, strict=True):
             running += count

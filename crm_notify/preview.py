@@ -2,7 +2,8 @@
 
 The email is rendered as delivery renders it; each webhook action's request as its sender
 would build it (:mod:`crm_notify.actions.preview`, credentials masked). Nothing is stored or
-sent.
+sent, and fetch steps make no request: the email renders with their fallback data
+(:mod:`crm_notify.fetch.preview`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from crm_notify.errors import CrmNotifyError, EventValidationError
 from crm_notify.events.emails import normalise_email
 from crm_notify.events.models import Event
 from crm_notify.events.schemas import SegmentCall
+from crm_notify.fetch.preview import FetchPreview, preview_fetches
 from crm_notify.guards import SendPolicy
 from crm_notify.intake import event_data
 from crm_notify.outbox.models import DecisionOutcome, Notification
@@ -48,13 +50,15 @@ class Preview:
 
     ``verdict`` is ``"would be sent"``, ``"would be skipped: <reason>"`` or ``"would be
     deferred: <reason>"``, for the whole firing. ``message`` is the email (``None`` for a rule
-    with only actions); ``requests`` are its webhook actions' requests, in rule order.
+    with only actions); ``requests`` are its webhook actions' requests, in rule order;
+    ``fetches`` its fetch steps' requests (not made) and what the email rendered with instead.
     """
 
     message: EmailMessage | None
     verdict: str
     context: dict[str, Any]
     requests: tuple[WebhookPreview, ...] = ()
+    fetches: tuple[FetchPreview, ...] = ()
 
     @property
     def html(self) -> str | None:
@@ -173,6 +177,8 @@ def build_preview(
     if not rule.sends_email:
         return Preview(message=None, verdict=verdict, context=context, requests=requests)
     data = dict(context)
+    fetches, fetched = preview_fetches(rule.fetch, {**context, "gate": {}})
+    data.update(fetched)
     if links is not None and contact.id is not None:
         # The links a real send would carry (for a notification not written yet).
         sample = Notification(
@@ -195,7 +201,9 @@ def build_preview(
         to_address=contact.email or "no-address@invalid",
         extra_headers={"X-CRM-Notify-Rule": rule.name},
     )
-    return Preview(message=message, verdict=verdict, context=context, requests=requests)
+    return Preview(
+        message=message, verdict=verdict, context=context, requests=requests, fetches=fetches
+    )
 
 
 def headers_text(message: EmailMessage) -> str:

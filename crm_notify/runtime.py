@@ -26,6 +26,7 @@ from crm_notify.esp.rate_limited import (
     RedisSendRateLimiter,
     SendRateLimiter,
 )
+from crm_notify.fetch.runner import FetchRunner
 from crm_notify.gates.hold import GateHold
 from crm_notify.gates.notify import GateNotifier
 from crm_notify.gates.runner import GateRunner
@@ -107,6 +108,7 @@ class Runtime:
     intake: Intake = field(init=False)
     delivery: DeliveryService = field(init=False)
     webhooks: WebhookActionSender = field(init=False)
+    fetcher: FetchRunner = field(init=False)
     relay: Relay = field(init=False)
     scheduler: Scheduler = field(init=False)
     gate_notifier: GateNotifier = field(init=False)
@@ -125,6 +127,11 @@ class Runtime:
         self.webhooks = WebhookActionSender.from_settings(
             self.settings, rules=self.rules, environ=os.environ
         )
+        # Fetch steps: ${NAME} references from the process environment, answers cached in Redis
+        # (when configured) or the database, addresses as CRM_NOTIFY_OUTBOUND_ALLOW_NETWORKS says.
+        self.fetcher = FetchRunner.from_settings(
+            self.settings, engine=self.engine, environ=os.environ
+        )
         self.delivery = DeliveryService(
             engine=self.engine,
             templates=self.templates,
@@ -137,6 +144,7 @@ class Runtime:
             unsubscribe=self.unsubscribe_links,
             webhooks=self.webhooks,
             rules=self.rules,
+            fetcher=self.fetcher,
         )
         self.actors = declare_actors(self.broker, deliver=self.delivery.deliver)
         # Send gates: the integration's ${NAME} credentials come from the process environment.
@@ -294,5 +302,6 @@ class Runtime:
         self.broker.close()
         self.esps.close()
         self.webhooks.close()
+        self.fetcher.close()
         self.gate_notifier.close()
         self.engine.dispose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlmodel import Session, col, func, select
@@ -77,7 +77,7 @@ def daily_kpis(
     Returns:
         The days (``MM-DD``), and a series per rule that sent or skipped anything, by name.
     """
-    today = now().astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    today = period_start(1)
     starts = [today - timedelta(days=days - 1 - index) for index in range(days)]
     series: dict[str, RuleSeries] = {}
 
@@ -111,6 +111,13 @@ def daily_kpis(
         of(name).skipped[reason_kind(reason)] += count
     labels = [start.strftime("%m-%d") for start in starts]
     return labels, [series[name] for name in sorted(series)]
+
+
+def period_start(days: int) -> datetime:
+    """The start of the last ``days`` UTC days (today included): midnight UTC ``days - 1``
+    days ago."""
+    today = now().astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return today - timedelta(days=days - 1)
 
 
 def period_of(raw: str | None) -> int:

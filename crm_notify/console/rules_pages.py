@@ -3,8 +3,9 @@
 ::
 
     GET /console/rules                     every loaded rule, and the lint of the files now
-    GET /console/rules/{name}?contact=...  one rule: what it does, its KPIs per day, and a dry
-                                           run for a contact (its preview page)
+    GET /console/rules/{name}?contact=...  one rule: what it does, its KPIs per day, its fetch
+                                           steps' outcomes, and a dry run for a contact (its
+                                           preview page)
     GET /console/kpis?days=14              per rule: sends per day, the delivery, open, click,
                                            bounce and complaint rates per day, skips by reason
 """
@@ -29,9 +30,11 @@ from crm_notify.console.dashboard import (
     describe_trigger,
     lint_by_file,
     period_of,
+    period_start,
     since_label,
 )
 from crm_notify.console.preview import ConsoleTools
+from crm_notify.fetch.stats import FetchCounts, fetch_counts
 from crm_notify.preview import PreviewError, find_contact_by_address
 
 
@@ -98,11 +101,15 @@ def add_rule_routes(router: APIRouter, view: ConsoleView, tools: ConsoleTools) -
                 return RedirectResponse(target, status_code=303)
         days = period_of(request.query_params.get("days"))
 
-        def load() -> tuple[list[str], list[RuleSeries]]:
+        def load() -> tuple[list[str], list[RuleSeries], dict[str, FetchCounts]]:
             with Session(view.engine) as session:
-                return daily_kpis(session, days=days, rule=rule.name)
+                labels, series = daily_kpis(session, days=days, rule=rule.name)
+                if not rule.fetch:
+                    return labels, series, {}
+                counts = fetch_counts(session, since=period_start(days), rule=rule.name)
+                return labels, series, {step: found for (_, step), found in counts.items()}
 
-        labels, series = await run_in_threadpool(load)
+        labels, series, fetches = await run_in_threadpool(load)
         return view.page(
             "rule.html",
             user=user,
@@ -113,6 +120,7 @@ def add_rule_routes(router: APIRouter, view: ConsoleView, tools: ConsoleTools) -
             who=who,
             not_found=bool(who),
             charts=charts(labels, series),
+            fetches=fetches,
             days=days,
             periods=PERIODS,
             since=since_label(days),

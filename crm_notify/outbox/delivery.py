@@ -9,6 +9,12 @@ or a bounce since the decision cancels the send. Non-transactional mail gets sig
 ``unsubscribe_url`` / ``preferences_url`` template variables and the ``List-Unsubscribe`` and
 ``List-Unsubscribe-Post`` headers (RFC 2369, RFC 8058). A recipient the provider refuses as
 nonexistent (SMTP 550, 551 or 553 on RCPT) is put on the suppression list.
+
+An email of a rule with ``fetch`` steps is rendered after their requests
+(:mod:`crm_notify.fetch`): the claim is committed first, so no transaction stays open while a
+service answers, and the message is stored with the data it was rendered with; a retry sends
+it as is, never fetching again. A step that fails cancels the email (``skip``) or defers it
+(``defer``: until ``retry_after``, within the step's ``not_after`` and ``max_age``).
 """
 
 from __future__ import annotations
@@ -20,8 +26,8 @@ import random
 import re
 import smtplib
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from email.utils import parseaddr
 from typing import Any
@@ -43,7 +49,11 @@ from crm_notify.errors import (
 )
 from crm_notify.esp.base import EspAdapter
 from crm_notify.esp.failover import EspChain
-from crm_notify.guards.base import SendAttempt
+from crm_notify.fetch.model import STORED_KEY, FetchStep
+from crm_notify.fetch.outcomes import FetchOutcome, FetchResult
+from crm_notify.fetch.record import log_results, retry_deadline
+from crm_notify.fetch.runner import FetchRunner
+from crm_notify.guards.base import SendAttempt, Verdict
 from crm_notify.guards.policy import SendPolicy
 from crm_notify.guards.suppression import suppress
 from crm_notify.outbox import repository
@@ -148,7 +158,10 @@ class DeliveryService:
         webhooks: sends the rows of rules' webhook actions (channel ``webhook``); ``None``:
             such rows fail, saying so.
         rules: the loaded rules: each attempt of a send a gate held checks the rule's
-            quiet hours (``None``: the configured window, by purpose).
+            quiet hours (``None``: the configured window, by purpose), and the first attempt
+            of an email runs the rule's fetch steps.
+        fetcher: makes the requests of fetch steps; ``None``: emails of rules with fetch
+            steps fail, saying so.
     """
 
     def __init__(
@@ -166,8 +179,10 @@ class DeliveryService:
         max_age: timedelta = DEFAULT_MAX_AGE,
         webhooks: WebhookActionSender | None = None,
         rules: RuleSet | None = None,
+        fetcher: FetchRunner | None = None,
     ) -> None:
         self._engine = engine
+        self._fetcher = fetcher
         self._rules = rules
         self._templates = templates
         if esps is None:
@@ -203,21 +218,23 @@ class DeliveryService:
                     error = EspTransientError("webhook", f"unexpected {type(exc).__name__}")
                     return self._after_transient(notification_id, row.attempts, error)
             text, attempts, pinned = row.message, row.attempts, row.esp
-            if text is None:
+            steps = self._fetch_steps(row) if text is None else ()
+            if text is None and not steps:
                 try:
                     rendered = self._render(row)
                 except Exception as exc:  # any failure to build the message is permanent
                     session.expire(row)
-                    kind = "render" if isinstance(exc, RenderError) else type(exc).__name__
-                    repository.mark_failed(
-                        session=session, notification_id=notification_id, error=f"{kind}: {exc}"
-                    )
-                    logger.warning("notification %s failed to render (%s)", notification_id, kind)
-                    return DeliveryOutcome("failed")
+                    return _render_failed(session, notification_id, exc)
                 repository.store_message(
                     session=session, notification_id=notification_id, **rendered
                 )
                 text = rendered["message"]
+        if steps:  # the claim is committed: no transaction stays open while services answer
+            fetched = self._fetch_and_render(row, steps)
+            if isinstance(fetched, DeliveryOutcome):
+                return fetched
+            text = fetched
+        assert text is not None
         try:
             result = self._esps.send_text(text, pinned=pinned)
         except EspTransientError as exc:
@@ -284,6 +301,100 @@ class DeliveryService:
         logger.info("notification %s cancelled at delivery (%s)", row.id, verdict.reason)
         return DeliveryOutcome("cancelled")
 
+    def _fetch_steps(self, row: Notification) -> tuple[FetchStep, ...]:
+        """The fetch steps to run before rendering ``row``: its rule's, for one of the rule's
+        step emails (not a digest, nor a webhook action)."""
+        rule = self._rules.by_name(row.rule) if self._rules is not None else None
+        if rule is None or row.channel == WEBHOOK_CHANNEL or "digest" in row.context:
+            return ()
+        return rule.fetch
+
+    def _fetch_and_render(
+        self, row: Notification, steps: Sequence[FetchStep]
+    ) -> DeliveryOutcome | str:
+        """Run ``steps`` for claimed ``row`` (no transaction open), then, in a new one, record
+        their outcomes and render and store the message; return it, or what stopped it."""
+        assert row.id is not None
+        notification_id = row.id
+        if self._fetcher is None:
+            with session_scope(self._engine) as session:
+                error = "fetch steps are not set up in this process (no fetcher configured)"
+                repository.mark_failed(session=session, notification_id=row.id, error=error)
+            return DeliveryOutcome("failed")
+        context = {**row.context, "gate": row.gate_data or {}}
+        try:
+            run = self._fetcher.run(steps, context, rule=row.rule)
+        except Exception as exc:  # unforeseen: retried, so it ends dead-lettered
+            logger.exception("notification %s: fetch steps failed unexpectedly", row.id)
+            unforeseen = EspTransientError("fetch", f"unexpected {type(exc).__name__}")
+            return self._after_transient(notification_id, row.attempts, unforeseen)
+        with session_scope(self._engine) as session:
+            if not repository.still_claimed(
+                session=session, notification_id=notification_id, attempts=row.attempts
+            ):
+                logger.warning("notification %s was claimed again during its fetch", row.id)
+                return DeliveryOutcome("skipped")
+            stopped = run.stopped
+            rendered: dict[str, str] | None = None
+            if stopped is None:
+                try:
+                    rendered = self._render(row, fetched=run.data)
+                except Exception as exc:  # an answer of another shape: its fallback, if any
+                    fallen = run.with_fallbacks(steps, f"the email did not render: {exc}"[:300])
+                    if fallen is None:
+                        log_results(session, row, run.results)
+                        return _render_failed(session, notification_id, exc)
+                    run = fallen
+            log_results(session, row, [result for result in run.results if result is not stopped])
+            if stopped is not None and stopped.outcome is FetchOutcome.DEFER:
+                deferred = self._defer_fetch(session, row, stopped, steps)
+                if deferred is not None:
+                    return deferred
+                stopped = replace(stopped, outcome=FetchOutcome.SKIP, note=_TOO_LATE)
+            if stopped is not None:
+                repository.mark_cancelled(
+                    session=session,
+                    notification=row,
+                    reason=stopped.reason,
+                    details=stopped.details(),
+                )
+                logger.info("notification %s cancelled: fetch %s failed", row.id, stopped.name)
+                return DeliveryOutcome("cancelled")
+            if rendered is None:
+                try:
+                    rendered = self._render(row, fetched=run.data)
+                except Exception as exc:  # any failure to build the message is permanent
+                    return _render_failed(session, notification_id, exc)
+            repository.store_message(session=session, notification_id=notification_id, **rendered)
+            context = {**row.context, STORED_KEY: run.data}
+            repository.store_context(
+                session=session, notification_id=notification_id, context=context
+            )
+            return rendered["message"]
+
+    def _defer_fetch(
+        self,
+        session: Session,
+        row: Notification,
+        result: FetchResult,
+        steps: Sequence[FetchStep],
+    ) -> DeliveryOutcome | None:
+        """Defer ``row`` by its failed step's ``retry_after``; ``None`` when that would pass
+        the step's send window or the max age (the email is cancelled instead)."""
+        assert row.id is not None and self._rules is not None
+        rule = self._rules.by_name(row.rule)
+        step = next(step for step in steps if step.name == result.name)
+        assert rule is not None and step.retry_after is not None
+        until = now() + step.retry_after
+        if until > retry_deadline(session, row, rule, max_age=self._max_age):
+            return None
+        verdict = Verdict.defer(until, result.reason, **result.details())
+        repository.mark_deferred(session=session, notification=row, verdict=verdict, until=until)
+        if self._schedule_retry is not None:
+            self._schedule_retry(row.id, step.retry_after)
+        logger.info("notification %s deferred: fetch %s failed", row.id, result.name)
+        return DeliveryOutcome("retrying", retry_in=step.retry_after)
+
     def _pin(self, notification_id: int, esp: str) -> None:
         """Tie a notification to ``esp``: it may have the message, so failover must not send
         it through another ESP."""
@@ -327,11 +438,15 @@ class DeliveryService:
                     raise
                 time.sleep(delay_s)
 
-    def _render(self, row: Notification) -> dict[str, str]:
-        """The message of ``row`` and the columns stored with it (see ``store_message``)."""
+    def _render(
+        self, row: Notification, *, fetched: Mapping[str, Any] | None = None
+    ) -> dict[str, str]:
+        """The message of ``row`` and the columns stored with it (see ``store_message``);
+        ``fetched`` holds the data of the rule's fetch steps, by name."""
         context = dict(row.context)
         if row.gate_id is not None:  # what a send gate's integration attached on release
             context["gate"] = row.gate_data or {}
+        context.update(fetched or {})
         headers = {"X-CRM-Notify-Id": str(row.id), "X-CRM-Notify-Rule": row.rule}
         links = self._unsubscribe.for_notification(row) if self._unsubscribe else None
         if links is not None:
@@ -416,6 +531,18 @@ class DeliveryService:
         if self._schedule_retry is not None:
             self._schedule_retry(notification_id, delay)
         return DeliveryOutcome("retrying", retry_in=delay)
+
+
+#: Why a fetch step that would defer its email cancels it instead.
+_TOO_LATE = "a retry would come after the send window (not_after) or the max age"
+
+
+def _render_failed(session: Session, notification_id: int, exc: Exception) -> DeliveryOutcome:
+    """Fail a notification whose message could not be built (permanently)."""
+    kind = "render" if isinstance(exc, RenderError) else type(exc).__name__
+    repository.mark_failed(session=session, notification_id=notification_id, error=f"{kind}: {exc}")
+    logger.warning("notification %s failed to render (%s)", notification_id, kind)
+    return DeliveryOutcome("failed")
 
 
 def _hard_bounce(exc: EspPermanentError) -> str | None:

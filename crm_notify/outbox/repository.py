@@ -299,6 +299,26 @@ def store_message(
     )
 
 
+def store_context(*, session: Session, notification_id: int, context: dict[str, Any]) -> None:
+    """Replace a notification's template data (fetch steps add what they fetched)."""
+    session.execute(
+        sa.update(_NOTIFICATION)
+        .where(_NOTIFICATION.c.id == notification_id)
+        .values(context=context)
+    )
+
+
+def still_claimed(*, session: Session, notification_id: int, attempts: int) -> bool:
+    """Whether the claim that made attempt ``attempts`` still holds the notification (it is
+    ``sending`` and nobody claimed it since, say after its lease ran out)."""
+    status = session.execute(
+        sa.select(_NOTIFICATION.c.status).where(
+            _NOTIFICATION.c.id == notification_id, _NOTIFICATION.c.attempts == attempts
+        )
+    ).scalar()
+    return status == NotificationStatus.SENDING.value
+
+
 def mark_sent(
     *, session: Session, notification_id: int, esp: str, esp_message_id: str | None
 ) -> bool:

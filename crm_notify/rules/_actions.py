@@ -108,7 +108,7 @@ def _compile_one(
 ) -> WebhookAction | None:
     before = len(checker.found)
     _check_url(action.url, (*base, "url"), checker)
-    headers = _check_headers(action.headers or {}, (*base, "headers"), checker)
+    headers = check_headers(action.headers or {}, (*base, "headers"), checker)
     secret_variable = checker.secret(action.secret, (*base, "secret"), example="SMS_WEBHOOK_SECRET")
     body = None
     if action.body is not None and action.method == "GET":
@@ -150,9 +150,18 @@ def _check_url(url: str, key: NodePath, checker: Problems) -> None:
         checker.add(key, *problem)
 
 
-def _check_headers(
-    headers: dict[str, str], key: NodePath, checker: Problems
+def check_headers(
+    headers: dict[str, str],
+    key: NodePath,
+    checker: Problems,
+    *,
+    reserved: frozenset[str] = RESERVED_HEADERS,
+    reserved_hint: str = (
+        "the body's type comes from content_type; the webhook-* headers sign the request"
+    ),
 ) -> tuple[tuple[str, str], ...]:
+    """Check the ``headers:`` of an outbound request (names, no line breaks, static values
+    with ``${NAME}`` references, none of ``reserved``); return the good ones, in order."""
     seen: dict[str, str] = {}
     result = []
     for name, value in headers.items():
@@ -161,12 +170,8 @@ def _check_headers(
         if not _HEADER_NAME.fullmatch(name):
             checker.add(where, f"'{name}' is not a valid header name")
             continue
-        if lower in RESERVED_HEADERS:
-            checker.add(
-                where,
-                f"header '{name}' is set by crm-notify",
-                "the body's type comes from content_type; the webhook-* headers sign the request",
-            )
+        if lower in reserved:
+            checker.add(where, f"header '{name}' is set by crm-notify", reserved_hint)
             continue
         if lower in seen:
             checker.add(where, f"header '{name}' is given twice (as '{seen[lower]}')")

@@ -87,6 +87,8 @@ def validation_problems(
             suggestion = "use lowercase letters, digits, '-' and '_'"
             if loc[-1] == "template":
                 suggestion = "use the name of one folder under templates/"
+            elif len(loc) > 2 and loc[-3] == "fetch":  # a template variable
+                suggestion = "use lowercase letters, digits and '_', not starting with a digit"
         else:
             text = error["msg"].removeprefix("Input ")
             message = f"'{where}' {text[0].lower()}{text[1:]}" if where else text

@@ -25,6 +25,7 @@ from crm_notify.rules._compile import (
     guard_field_problems,
     purpose_problems,
 )
+from crm_notify.rules._fetch import compile_fetch
 from crm_notify.rules._gate import BaseGate, compile_gate
 from crm_notify.rules._project import is_project_file, load_project
 from crm_notify.rules._validation_errors import describe, validation_problems
@@ -312,6 +313,14 @@ def _load_file(
             environment=environment,
             environ=environ,
         )
+        fetch, fetch_problems = compile_fetch(
+            spec,
+            prefix,
+            document=document,
+            path=path,
+            environment=environment,
+            environ=environ,
+        )
         gate, gate_problems = compile_gate(
             spec.gate,
             (*prefix, "gate"),
@@ -321,7 +330,8 @@ def _load_file(
             template_exists=template_exists,
             base=base,
         )
-        rule_problems += step_problems + exit_problems + action_problems + gate_problems
+        rule_problems += step_problems + exit_problems + action_problems + fetch_problems
+        rule_problems += gate_problems
         problems += rule_problems
         if not rule_problems and prefix not in unknown_purposes:
             rules.append(
@@ -343,6 +353,7 @@ def _load_file(
                     quiet_hours=spec.quiet_hours,
                     dedupe_key=dedupe_key,
                     actions=actions,
+                    fetch=fetch,
                     gate=gate,
                     source_path=path,
                     source_line=document.line_for((*prefix, "name")) or 1,

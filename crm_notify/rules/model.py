@@ -38,6 +38,11 @@ list of such mappings). Fields::
         url: https://api.sms.example/v1/messages
         headers: {Authorization: "Bearer ${SMS_API_TOKEN}"}
         body: {to: "{{ contact.traits.phone }}", text: "Your order {{ order.order_id }} is on its way"}
+    fetch:                         # optional: HTTP requests made before each email of the rule is rendered, their JSON answers template variables; see crm_notify.fetch.spec
+      - name: recommendations
+        url: https://reco.example/v1/carts/{{ cart.cart_id }}/products?limit=3
+        timeout: 2s                # default 2s, at most 10s; cache: 1h optional
+        fallback: {products: []}   # on_error: fallback (default with fallback) | skip | defer (with retry_after)
     gate:                          # optional: hold the sends until an outside system approves, rejects or enriches them; see crm_notify.gates.spec
       url: https://loyalty.example/crm-gate
       auth: {header: X-Gate-Token, token: "${GATE_TOKEN}"}
@@ -78,6 +83,7 @@ from pydantic_core import PydanticCustomError
 
 from crm_notify.actions.spec import WebhookActionSpec
 from crm_notify.errors import ConditionError, RenderError
+from crm_notify.fetch.spec import FetchStepSpec
 from crm_notify.gates.spec import RuleGateField
 from crm_notify.rules.durations import (
     DURATION_JSON_PATTERN,
@@ -91,6 +97,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from crm_notify.actions.model import WebhookAction
+    from crm_notify.fetch.model import FetchStep
     from crm_notify.gates.model import GateConfig
     from crm_notify.render.sandbox import BoundedSandboxEnvironment
     from crm_notify.rules.conditions import Condition
@@ -635,6 +642,7 @@ class RuleSpec(_Spec):
     quiet_hours: _QuietHours | None = None
     dedupe_key: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
     actions: Annotated[list[WebhookActionSpec], Field(min_length=1)] | None = None
+    fetch: Annotated[list[FetchStepSpec], Field(min_length=1)] | None = None
     gate: RuleGateField = None
 
 
@@ -685,7 +693,8 @@ class Rule:
     becomes one step sent at once); ``template`` is always the first step's template. A rule
     with ``actions`` sends them with its single step; without a ``template`` it sends no email
     (its one step's template is then ``""``). A rule with a ``gate`` has its sends held until
-    an outside system approves them (:mod:`crm_notify.gates`).
+    an outside system approves them (:mod:`crm_notify.gates`). Its ``fetch`` steps run before
+    each of its step emails is rendered (:mod:`crm_notify.fetch`).
     ``source_path`` and ``source_line`` locate it (the line of its ``name``) for messages.
     ``quiet_hours`` ``None`` means the default: on (the configured window) for every purpose
     but ``transactional``.
@@ -713,6 +722,7 @@ class Rule:
     quiet_hours: bool | QuietWindow | None = None
     dedupe_key: DedupeKey | None = None
     actions: tuple[WebhookAction, ...] = ()
+    fetch: tuple[FetchStep, ...] = ()
     gate: GateConfig | None = None
     source_path: Path = field(default_factory=Path)
     source_line: int = 0
