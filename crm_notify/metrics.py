@@ -18,6 +18,10 @@ restarted target) and grow by the rows written since:
 - ``crm_notify_fetches_total{rule, fetch, outcome, error}``: the outcomes of rules' fetch steps
   (``ok``, ``cache_hit``, ``fallback``, ``skip``, ``defer``; :mod:`crm_notify.fetch.outcomes`),
   ``error`` the kind of failure (``timeout``, ``status 500``...; empty when none)
+- ``crm_notify_webhook_subscription_requests_total{subscription, result}``: requests each
+  webhook subscription has made since it was created (``sent``: 2xx; ``failed``), and the
+  gauges ``crm_notify_webhook_subscription_enabled``, ``..._last_status`` and
+  ``..._deliveries_waiting`` (``{subscription}``)
 
 Rows are read by id; ids a concurrent transaction committed late (PostgreSQL hands them out
 before commit) are caught by re-reading the last :data:`LOOKBACK` ids of each table. Every
@@ -54,6 +58,7 @@ from crm_notify.events.models import Event
 from crm_notify.fetch.outcomes import fetch_entry
 from crm_notify.fetch.stats import REASON_PATTERN
 from crm_notify.outbox.models import Decision, Notification, NotificationStatusChange
+from crm_notify.subscriptions import repository as subscription_repository
 
 #: Ids re-read on each scrape, to catch rows committed after a higher id was seen.
 LOOKBACK = 10_000
@@ -147,6 +152,7 @@ class DatabaseMetrics(Collector):
                 ).all()
             )
             yield from self._families(depth)
+            yield from _subscription_families(session)
 
     def _read(self, session: Session) -> None:
         events = self._tables["event"]
@@ -253,6 +259,38 @@ class DatabaseMetrics(Collector):
         for status in QUEUE_STATUSES:
             queue.add_metric([status], depth.get(status, 0))
         yield queue
+
+
+def _subscription_families(session: Session) -> Iterator[Metric]:
+    """The webhook subscriptions' counters and state, as stored (see the module docstring)."""
+    requests = CounterMetricFamily(
+        "crm_notify_webhook_subscription_requests",
+        "Requests each webhook subscription made, by result (sent: 2xx answers).",
+        labels=["subscription", "result"],
+    )
+    enabled = GaugeMetricFamily(
+        "crm_notify_webhook_subscription_enabled",
+        "1 when the subscription is enabled, 0 when disabled.",
+        labels=["subscription"],
+    )
+    last_status = GaugeMetricFamily(
+        "crm_notify_webhook_subscription_last_status",
+        "HTTP status of the subscription's last request (0: none came back).",
+        labels=["subscription"],
+    )
+    waiting = GaugeMetricFamily(
+        "crm_notify_webhook_subscription_deliveries_waiting",
+        "Deliveries waiting to be sent to the subscription.",
+        labels=["subscription"],
+    )
+    counts = subscription_repository.delivery_counts(session=session)
+    for row in subscription_repository.all_subscriptions(session=session):
+        requests.add_metric([row.name, "sent"], row.sent_count)
+        requests.add_metric([row.name, "failed"], row.failed_count)
+        enabled.add_metric([row.name], 1 if row.enabled else 0)
+        last_status.add_metric([row.name], row.last_status or 0)
+        waiting.add_metric([row.name], counts.get(row.id or 0, {}).get("waiting", 0))
+    yield from (requests, enabled, last_status, waiting)
 
 
 def make_router(*, engine: Engine, token: str | None) -> APIRouter:

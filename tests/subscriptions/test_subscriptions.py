@@ -433,3 +433,31 @@ def test_the_file_subscriptions_sync(runtime: Runtime, tmp_path: Path, monkeypat
     path.write_text("subscriptions: []\n")
     with session_scope(runtime.engine) as session:
         assert sync_file(session, load_file(path, environ=environ))["removed"] == 1
+
+
+def test_metrics_show_each_subscriptions_counters(runtime: Runtime, receiver: ApiServer) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from crm_notify.metrics import DatabaseMetrics
+
+    # Given a subscription that got one event, then failed one
+    _subscribe(runtime.engine, f"{receiver.url}/hooks", name="crm")
+    contact_id = _identify(runtime)
+    _pass(runtime)
+    receiver.respond(503)
+    with session_scope(runtime.engine) as session:
+        emit(session, LifecycleName.CLEANED, contact_id=contact_id, source=LifecycleSource.SYSTEM)
+    _pass(runtime)
+    # When Prometheus scrapes
+    registry = CollectorRegistry()
+    registry.register(DatabaseMetrics(engine=runtime.engine))
+    text = generate_latest(registry).decode()
+    # Then the subscription's counters and state are there
+    for line in (
+        'crm_notify_webhook_subscription_requests_total{result="sent",subscription="crm"} 1.0',
+        'crm_notify_webhook_subscription_requests_total{result="failed",subscription="crm"} 1.0',
+        'crm_notify_webhook_subscription_enabled{subscription="crm"} 1.0',
+        'crm_notify_webhook_subscription_last_status{subscription="crm"} 503.0',
+        'crm_notify_webhook_subscription_deliveries_waiting{subscription="crm"} 1.0',
+    ):
+        assert line in text, text
