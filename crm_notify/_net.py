@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -93,11 +94,14 @@ class OutboundPolicy:
 
     def refusal(self, address: Address) -> str | None:
         """Why a connection to ``address`` is refused, or ``None`` when it is allowed."""
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
         if any(address in network for network in self.allowed_networks):
             return None
-        if address.is_global and not address.is_multicast:
+        if isinstance(address, ipaddress.IPv6Address):
+            embedded = _embedded_ipv4(address)
+            if embedded is not None:
+                return self.refusal(embedded)
+        site_local = isinstance(address, ipaddress.IPv6Address) and address.is_site_local
+        if address.is_global and not address.is_multicast and not site_local:
             return None
         kind = next(
             (
@@ -106,6 +110,7 @@ class OutboundPolicy:
                     ("loopback", address.is_loopback),
                     ("link-local", address.is_link_local),
                     ("private", address.is_private),
+                    ("site-local", site_local),
                     ("multicast", address.is_multicast),
                 )
                 if flag
@@ -115,6 +120,28 @@ class OutboundPolicy:
         return (
             f"refused address {address} ({kind}); allow it with CRM_NOTIFY_OUTBOUND_ALLOW_NETWORKS"
         )
+
+
+#: IPv6 prefixes that carry an IPv4 address in their last 32 bits: NAT64 (RFC 6052, RFC 8215)
+#: SIIT (RFC 7915) and IPv4-compatible addresses (deprecated, but still routed by some stacks).
+_IPV4_CARRIERS = tuple(
+    ipaddress.IPv6Network(prefix)
+    for prefix in ("64:ff9b::/96", "64:ff9b:1::/48", "::ffff:0:0:0/96", "::/96")
+)
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address leads to: IPv4-mapped, 6to4, Teredo, NAT64 or
+    IPv4-compatible; ``None`` for a plain IPv6 address (``::`` and ``::1`` included)."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    if int(address) > 1 and any(address in prefix for prefix in _IPV4_CARRIERS):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
 
 
 #: The default policy: public addresses only.
@@ -190,20 +217,25 @@ class ResponseTooLargeError(Exception):
         super().__init__(f"the answer is larger than {max_bytes} bytes")
 
 
-def read_bounded(response: httpx.Response, max_bytes: int) -> bytes:
+def read_bounded(response: httpx.Response, max_bytes: int, *, timeout_s: float) -> bytes:
     """The body of a streamed ``response`` (``client.send(..., stream=True)``), read up to
-    ``max_bytes``; the response is closed.
+    ``max_bytes`` and for at most ``timeout_s`` seconds in all (an answer that trickles in
+    cannot hold the caller longer than that, plus one read's timeout); the response is closed.
 
     Raises:
         ResponseTooLargeError: the body is longer.
+        httpx.ReadTimeout: the body did not end in time.
         httpx.HTTPError: reading failed (a timeout, the connection closed).
     """
     body = bytearray()
+    deadline = time.monotonic() + timeout_s
     try:
         for chunk in response.iter_bytes():
             body += chunk
             if len(body) > max_bytes:
                 raise ResponseTooLargeError(max_bytes)
+            if time.monotonic() > deadline:
+                raise httpx.ReadTimeout("the answer did not end in time", request=response.request)
     finally:
         response.close()
     return bytes(body)

@@ -40,7 +40,7 @@ from crm_notify.render.templates import TemplateStore
 from crm_notify.rules.engine import RuleSet
 from crm_notify.rules.loader import load_rules
 from crm_notify.subscriptions.dispatcher import SubscriptionDispatcher
-from crm_notify.subscriptions.file import FileSubscription, load_file, sync_file
+from crm_notify.subscriptions.file import FileSubscription, load_file, sync_file_into
 from crm_notify.subscriptions.sender import SubscriptionSender
 from crm_notify.timers.firing import TimerFiring
 from crm_notify.timers.scheduler import Scheduler
@@ -284,8 +284,7 @@ class Runtime:
         """
         if self.subscriptions_file is None:
             return None
-        with session_scope(self.engine) as session:
-            counts = sync_file(session, self.subscriptions_file)
+        counts = sync_file_into(self.engine, self.subscriptions_file)
         logger.info("webhook subscriptions file synced: %s", counts)
         return counts
 

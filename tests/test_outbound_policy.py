@@ -4,6 +4,9 @@ configured otherwise (issue 8, safety)."""
 from __future__ import annotations
 
 import ipaddress
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,6 +79,13 @@ def test_an_allowed_single_address_does_not_allow_its_neighbours(api: ApiServer)
         ("fd00::1", "private"),
         ("224.0.0.1", "multicast"),
         ("0.0.0.0", "private"),
+        ("64:ff9b::a9fe:a9fe", "link-local"),  # NAT64 of 169.254.169.254
+        ("2002:a9fe:a9fe::1", "link-local"),  # 6to4
+        ("::a9fe:a9fe", "link-local"),  # IPv4-compatible
+        ("::ffff:0:a00:1", "private"),  # SIIT of 10.0.0.1
+        ("::ffff:0:a9fe:a9fe", "link-local"),
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "private"),  # Teredo, client 192.0.2.45
+        ("fec0::1", "site-local"),
     ],
 )
 def test_addresses_that_are_not_public_are_refused(address: str, kind: str) -> None:
@@ -83,7 +93,9 @@ def test_addresses_that_are_not_public_are_refused(address: str, kind: str) -> N
     assert reason is not None and f"({kind})" in reason
 
 
-@pytest.mark.parametrize("address", ["93.184.215.14", "2606:4700::6810:85e5", "8.8.8.8"])
+@pytest.mark.parametrize(
+    "address", ["93.184.215.14", "2606:4700::6810:85e5", "8.8.8.8", "64:ff9b::808:808"]
+)
 def test_public_addresses_are_allowed(address: str) -> None:
     assert PUBLIC_ONLY.refusal(ipaddress.ip_address(address)) is None
 
@@ -110,9 +122,10 @@ def test_read_bounded_stops_at_the_limit(api: ApiServer) -> None:
     api.respond(200, body=b"y" * 10)
     with outbound_client(timeout_s=2, user_agent="t", policy=OutboundPolicy.allow_loopback()) as c:
         with pytest.raises(ResponseTooLargeError, match="larger than 4096 bytes"):
-            read_bounded(c.send(c.build_request("GET", f"{api.url}/big"), stream=True), 4096)
+            big = c.send(c.build_request("GET", f"{api.url}/big"), stream=True)
+            read_bounded(big, 4096, timeout_s=5)
         small = c.send(c.build_request("GET", f"{api.url}/small"), stream=True)
-        assert read_bounded(small, 4096) == b"y" * 10
+        assert read_bounded(small, 4096, timeout_s=5) == b"y" * 10
         assert small.is_closed
 
 
@@ -131,3 +144,38 @@ def test_a_webhook_action_to_a_refused_address_fails_permanently(api: ApiServer)
     finally:
         sender.close()
     assert api.requests == []
+
+
+def test_an_answer_that_trickles_in_stops_at_the_deadline() -> None:
+    # Given a server that sends its headers, then one byte of its body every 0.2 s
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+
+    def trickle() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+            for _ in range(100):
+                time.sleep(0.2)
+                try:
+                    connection.sendall(b"x")
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    policy = OutboundPolicy.allow_loopback()
+    # When it is read with a one-second read timeout and deadline
+    with outbound_client(timeout_s=1, user_agent="t", policy=policy) as client:
+        started = time.monotonic()
+        response = client.send(
+            client.build_request("GET", f"http://127.0.0.1:{port}/"), stream=True
+        )
+        with pytest.raises(httpx.ReadTimeout, match="did not end in time"):
+            read_bounded(response, 4096, timeout_s=1)
+    # Then it gives up at the deadline, not after the 20 s the body would take
+    assert time.monotonic() - started < 2.5
+    listener.close()

@@ -14,10 +14,21 @@ from crm_notify.commands._common import CommandError, migrated_engine
 from crm_notify.db import session_scope
 from crm_notify.errors import RuleFileError
 from crm_notify.subscriptions import repository
-from crm_notify.subscriptions.file import load_file, sync_file
+from crm_notify.subscriptions.file import LEFT_THE_FILE, load_file, sync_file_into
 from crm_notify.subscriptions.models import SubscriptionOrigin, WebhookSubscription
 from crm_notify.subscriptions.repository import EVENT_NAMES, SOURCE_NAMES, SubscriptionError
 from crm_notify.subscriptions.sender import SubscriptionSender
+
+#: The argument or option each subscription field comes from (for error messages).
+OPTION_OF_FIELD = {
+    "url": "URL",
+    "name": "--name",
+    "events": "--events",
+    "sources": "--sources",
+    "content_type": "--form",
+    "headers": "--header",
+    "disable_after": "--disable-after",
+}
 
 
 @click.group("webhooks")
@@ -108,9 +119,7 @@ def add(
             )
             shown = subscription.name, subscription.secret
     except SubscriptionError as exc:
-        raise click.BadParameter(
-            exc.message, param_hint=f"--{exc.field.replace('_', '-')}"
-        ) from exc
+        raise click.BadParameter(exc.message, param_hint=OPTION_OF_FIELD[exc.field]) from exc
     click.echo(f"subscribed {shown[0]}")
     click.echo(f"signing secret (shown once): {shown[1]}")
 
@@ -160,10 +169,13 @@ def ping(obj: Any, name: str) -> None:
         environ=os.environ, policy=OutboundPolicy.from_settings(obj.settings)
     )
     try:
-        with migrated_engine(obj.settings) as engine, session_scope(engine) as session:
-            subscription = _find(session, name)
-            attempt = sender.ping(subscription)
-            repository.record_ping(session=session, subscription=subscription, attempt=attempt)
+        with migrated_engine(obj.settings) as engine:
+            with Session(engine, expire_on_commit=False) as session:
+                subscription = _find(session, name)
+            attempt = sender.ping(subscription)  # no transaction open meanwhile
+            with session_scope(engine) as session:
+                subscription = _find(session, name)
+                repository.record_ping(session=session, subscription=subscription, attempt=attempt)
     finally:
         sender.close()
     if not attempt.ok:
@@ -212,11 +224,13 @@ def redeliver(obj: Any, name: str) -> None:
 @click.argument("name")
 @click.pass_obj
 def remove(obj: Any, name: str) -> None:
-    """Delete NAME and its waiting deliveries (file subscriptions: edit the file instead)."""
+    """Delete NAME and its waiting deliveries (a file subscription: once it left the file)."""
     with migrated_engine(obj.settings) as engine, session_scope(engine) as session:
         subscription = _find(session, name)
-        if subscription.origin == SubscriptionOrigin.FILE.value:
-            raise CommandError(f"{name} comes from the subscriptions file; remove it there")
+        if subscription.origin == SubscriptionOrigin.FILE.value and (
+            subscription.disabled_reason != LEFT_THE_FILE
+        ):
+            raise CommandError(f"{name} comes from the subscriptions file; remove it there first")
         repository.remove(session=session, subscription=subscription)
     click.echo(f"removed {name}")
 
@@ -230,8 +244,8 @@ def sync(obj: Any) -> None:
         raise CommandError("CRM_NOTIFY_WEBHOOKS_FILE is not set")
     try:
         entries = load_file(path, environ=os.environ)
-        with migrated_engine(obj.settings) as engine, session_scope(engine) as session:
-            counts = sync_file(session, entries)
+        with migrated_engine(obj.settings) as engine:
+            counts = sync_file_into(engine, entries)
     except RuleFileError as exc:
         raise CommandError(str(exc)) from exc
     except SubscriptionError as exc:

@@ -13,6 +13,7 @@ from urllib.parse import quote, urlsplit
 
 from crm_notify.actions.body import WebhookBody
 from crm_notify.actions.env import expand
+from crm_notify.errors import RenderError
 from crm_notify.fetch.spec import DEFAULT_TIMEOUT
 from crm_notify.render.sandbox import CompiledExpression
 
@@ -75,7 +76,8 @@ class FetchUrl:
         """The URL for ``context``, ``${NAME}`` references replaced from ``environ``.
 
         Raises:
-            RenderError: an expression failed (an undefined value, a sandbox bound).
+            RenderError: an expression failed (an undefined value, a sandbox bound), or a value
+                is ``.`` or ``..``.
             MissingVariableError: a referenced variable is not set.
         """
         pieces = []
@@ -83,7 +85,10 @@ class FetchUrl:
             if isinstance(part, str):
                 pieces.append(expand(part, environ))
             else:
-                pieces.append(quote(_url_text(part.evaluate(context)), safe=""))
+                value = quote(_url_text(part.evaluate(context)), safe="")
+                if value in (".", ".."):  # a path segment of its own would climb the path
+                    raise RenderError(f"a URL value may not be {value!r}")
+                pieces.append(value)
         return "".join(pieces)
 
 

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: Seconds a cache lookup or write may wait for Redis (then the step goes on without it).
+CACHE_TIMEOUT_S = 1.0
 #: ``User-Agent`` of every request.
 USER_AGENT = "crm-notify"
 
@@ -125,7 +127,11 @@ class FetchRunner:
         ``CRM_NOTIFY_OUTBOUND_ALLOW_NETWORKS``."""
         cache: FetchCache
         if settings.redis_url:
-            client = redis.Redis.from_url(settings.redis_url)
+            client = redis.Redis.from_url(
+                settings.redis_url,
+                socket_timeout=CACHE_TIMEOUT_S,
+                socket_connect_timeout=CACHE_TIMEOUT_S,
+            )
             cache = RedisFetchCache(client, namespace=settings.redis_namespace)
         else:
             cache = DatabaseFetchCache(engine)
@@ -176,7 +182,6 @@ class FetchRunner:
     def run_step(self, step: FetchStep, context: Mapping[str, Any]) -> tuple[FetchResult, Any]:
         """One step: its result, and the data the template gets (``None`` unless ``ok``,
         ``cache_hit`` or ``fallback``)."""
-        started = time.monotonic()
         try:
             request = self._request(step, context)
         except FetchFailure as failure:
@@ -189,6 +194,7 @@ class FetchRunner:
             cached = self._cache.get(key)
             if cached is not None:
                 return FetchResult(step.name, FetchOutcome.CACHE_HIT), cached
+        started = time.monotonic()  # the request's own time: not the cache lookup's
         try:
             data = self._send(step, request, started)
         except FetchFailure as failure:
@@ -230,7 +236,8 @@ class FetchRunner:
         took = f"timeout after {format_duration(step.timeout)}"
         try:
             response = self._client.send(request, stream=True)
-            body = read_bounded(response, self._max_bytes)
+            timeout_s = step.timeout.total_seconds()
+            body = read_bounded(response, self._max_bytes, timeout_s=timeout_s)
         except httpx.TimeoutException as exc:
             raise FetchFailure(FetchError.TIMEOUT, took) from exc
         except ResponseTooLargeError as exc:

@@ -14,6 +14,7 @@ from crm_notify.gdpr import _scope
 from crm_notify.guards.models import ConsentRecord, Suppression
 from crm_notify.guards.suppression import address_hash_or_none
 from crm_notify.outbox.models import Decision, Notification, NotificationStatusChange
+from crm_notify.subscriptions.models import SubscriptionDelivery
 from crm_notify.timers.models import Timer
 from crm_notify.webhooks.models import TrackingEventRecord
 
@@ -24,8 +25,9 @@ EXPORT_FORMAT = 1
 def export_contact(*, session: Session, contact: Contact) -> dict[str, Any]:
     """Everything held on ``contact``: the contact row, events (with payloads), orders,
     carts, notifications (rendered subject and message, template context, status history),
-    decisions, consent records, suppression entries for their address, timers and the
-    providers' tracking events about their mail.
+    decisions, consent records, suppression entries for their address, timers, webhook
+    subscriptions' deliveries about them not sent yet, and the providers' tracking events about
+    their mail.
 
     Returns:
         A dict of plain JSON data (``json.dumps`` takes it as is).
@@ -71,6 +73,9 @@ def export_contact(*, session: Session, contact: Contact) -> dict[str, Any]:
             ),
         ),
         "timers": _rows(session, Timer, Timer.contact_id == contact.id),
+        "webhook_deliveries": _rows(
+            session, SubscriptionDelivery, SubscriptionDelivery.contact_id == contact.id
+        ),
         "tracking_events": _rows(
             session,
             TrackingEventRecord,

@@ -6,7 +6,8 @@ Finished notifications (sent, failed, cancelled) older than the age keep their s
 ids for counts but lose their rendered subject and message and their template context, and
 finished timers lose their payload (a digest's copies of the sends it merged). Tracking
 events older than the age keep their type and link (for the KPIs) but lose the provider's
-payload and description.
+payload and description. Webhook subscriptions' deliveries that never went out (every retry
+failed, or the subscription stayed disabled) are deleted at the same age.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from crm_notify.clock import now
 from crm_notify.events.models import Event
 from crm_notify.guards.models import ConsentRecord
 from crm_notify.outbox.models import Decision, Notification, NotificationStatus
+from crm_notify.subscriptions.models import SubscriptionDelivery
 from crm_notify.timers.models import Timer, TimerStatus
 from crm_notify.webhooks.models import TrackingEventRecord
 
@@ -97,6 +99,10 @@ def purge(*, session: Session, older_than: timedelta) -> PurgeReport:
         sa.update(TrackingEventRecord)
         .where(col(TrackingEventRecord.received_at) < cutoff)
         .values(payload={}, description=None, url=None)
+    )
+    # Webhook deliveries that never went out (failed, or waiting on a disabled subscription)
+    session.execute(
+        sa.delete(SubscriptionDelivery).where(col(SubscriptionDelivery.created_at) < cutoff)
     )
     report = PurgeReport(cutoff, deleted, int(getattr(cleared, "rowcount", 0) or 0))
     logger.info(

@@ -334,6 +334,11 @@ class DeliveryService:
             ):
                 logger.warning("notification %s was claimed again during its fetch", row.id)
                 return DeliveryOutcome("skipped")
+            # consent or suppression may have changed while the services answered
+            refused = self._recheck(session, row)
+            if refused is not None:
+                log_results(session, row, run.results)
+                return refused
             stopped = run.stopped
             rendered: dict[str, str] | None = None
             if stopped is None:

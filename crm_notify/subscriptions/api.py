@@ -31,6 +31,7 @@ from crm_notify.admin._http import (
 )
 from crm_notify.db import session_scope
 from crm_notify.subscriptions import repository
+from crm_notify.subscriptions.file import LEFT_THE_FILE
 from crm_notify.subscriptions.models import SubscriptionOrigin, WebhookSubscription
 from crm_notify.subscriptions.repository import SubscriptionError
 from crm_notify.subscriptions.sender import SubscriptionSender
@@ -171,9 +172,13 @@ def make_router(
     def remove_one(name: str) -> None:
         with session_scope(engine) as session:
             subscription = find(session, name)
-            if subscription.origin == SubscriptionOrigin.FILE.value:
+            if subscription.origin == SubscriptionOrigin.FILE.value and (
+                subscription.disabled_reason != LEFT_THE_FILE
+            ):
                 raise ApiProblem(
-                    409, "conflict", f"{name} comes from the subscriptions file; remove it there"
+                    409,
+                    "conflict",
+                    f"{name} comes from the subscriptions file; remove it there first",
                 )
             repository.remove(session=session, subscription=subscription)
 

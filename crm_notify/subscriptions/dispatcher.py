@@ -2,11 +2,13 @@
 
 Each pass claims due deliveries of enabled subscriptions (``FOR UPDATE SKIP LOCKED`` on
 PostgreSQL, so several processes share the work): it marks them ``sending`` with a lease and
-counts the attempt, and commits before any request. Each subscription's share is sent in order
-by one thread of a small pool, so a slow or dead subscriber holds up only itself: after a
-failure, or once :data:`PASS_BUDGET_S` has been spent on it, the rest of its share goes back
-in line uncounted. A process that dies mid-send leaves its claims to expire; they are sent again
-under the same ``webhook-id``, which receivers deduplicate on (Standard Webhooks).
+counts the attempt, and commits before any request. A subscriber gets its events in order: a
+delivery waiting for its retry (or leased to a process) holds back the later ones of its
+subscription. Each subscription's share is sent in order by one thread of a small pool, so a
+slow or dead subscriber holds up only itself: after a failure, or once :data:`PASS_BUDGET_S`
+has been spent on it, the rest of its share goes back in line uncounted. A process that dies
+mid-send leaves its claims to expire; they are sent again under the same ``webhook-id``, which
+receivers deduplicate on (Standard Webhooks).
 
 After an attempt:
 
@@ -29,6 +31,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from crm_notify._periodic import Periodic
@@ -117,6 +120,17 @@ class SubscriptionDispatcher(Periodic):
 
     def _claim(self) -> list[tuple[SubscriptionDelivery, WebhookSubscription]]:
         moment = now()
+        earlier = aliased(SubscriptionDelivery)
+        # An earlier delivery of the same subscription that is not due (backing off, or being
+        # sent under a lease) holds the later ones back: each subscriber gets its events in order.
+        held_back = (
+            sa.select(col(earlier.id))
+            .where(col(earlier.subscription_id) == col(SubscriptionDelivery.subscription_id))
+            .where(col(earlier.id) < col(SubscriptionDelivery.id))
+            .where(col(earlier.status) != DeliveryStatus.FAILED.value)
+            .where(col(earlier.next_attempt_at) > moment)
+            .exists()
+        )
         with session_scope(self._engine) as session:
             rows = session.exec(
                 select(SubscriptionDelivery, WebhookSubscription)
@@ -127,9 +141,11 @@ class SubscriptionDispatcher(Periodic):
                 .where(col(WebhookSubscription.enabled))
                 .where(col(SubscriptionDelivery.status) != DeliveryStatus.FAILED.value)
                 .where(col(SubscriptionDelivery.next_attempt_at) <= moment)
-                .order_by(col(SubscriptionDelivery.next_attempt_at), col(SubscriptionDelivery.id))
+                .where(~held_back)
+                .order_by(col(SubscriptionDelivery.id))
                 .limit(self._batch_size)
-                .with_for_update(skip_locked=True, of=SubscriptionDelivery)
+                # PostgreSQL: a subscription another process is claiming is skipped whole
+                .with_for_update(skip_locked=True, of=[SubscriptionDelivery, WebhookSubscription])
             ).all()
             ids = [delivery.id for delivery, _ in rows]
             if ids:
@@ -159,8 +175,7 @@ class SubscriptionDispatcher(Periodic):
             with session_scope(self._engine) as session:
                 record_attempt(session, subscription.id, delivery, attempt)
             if not attempt.ok or time.monotonic() - started > PASS_BUDGET_S:
-                wait = RETRY_SCHEDULE[0] if not attempt.ok else timedelta(0)
-                _put_back(self._engine, share[index + 1 :], due=now() + wait)
+                _put_back(self._engine, share[index + 1 :], due=now())
                 return index + 1
         return len(share)
 

@@ -16,8 +16,10 @@
 The file is checked when a process starts (an error names the file and line, and the process
 does not start) and synced into the database by ``crm-notify serve``, ``crm-notify scheduler``
 and ``crm-notify webhooks sync``: new entries are added, changed ones updated (their counters
-and enabled state kept), and file subscriptions no longer in the file are removed with their
-waiting deliveries. A name taken by an API subscription is an error.
+and enabled state kept), and file subscriptions no longer in the file are disabled, saying so,
+with their deliveries kept (a renamed entry, or a process started with an older file, loses
+nothing; ``crm-notify webhooks remove`` deletes one for good). A name taken by an API
+subscription is an error.
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
 
 from crm_notify.actions.env import ENV_REFERENCE
+from crm_notify.db import session_scope
 from crm_notify.errors import RuleFileError
 from crm_notify.rules.yaml_source import read_yaml_file
 from crm_notify.subscriptions.models import SubscriptionOrigin, WebhookSubscription
@@ -43,8 +48,12 @@ from crm_notify.subscriptions.repository import (
     check_headers,
     check_name,
     check_url,
-    remove,
+    set_enabled,
 )
+
+#: The reason shown on a file subscription that is no longer in the file.
+LEFT_THE_FILE = "no longer in the subscriptions file"
+
 
 #: The keys of one entry.
 ENTRY_KEYS = frozenset(
@@ -154,10 +163,10 @@ def sync_file(session: Session, subscriptions: list[FileSubscription]) -> dict[s
         SubscriptionError: a name in the file is taken by an API subscription.
 
     Returns:
-        How many were ``added``, ``updated`` and ``removed``.
+        How many were ``added``, ``updated`` and ``disabled`` (no longer in the file).
     """
     existing = {row.name: row for row in session.exec(select(WebhookSubscription))}
-    counts = {"added": 0, "updated": 0, "removed": 0}
+    counts = {"added": 0, "updated": 0, "disabled": 0}
     for item in subscriptions:
         row = existing.get(item.name)
         if row is not None and row.origin != SubscriptionOrigin.FILE.value:
@@ -178,18 +187,34 @@ def sync_file(session: Session, subscriptions: list[FileSubscription]) -> dict[s
                 WebhookSubscription(name=item.name, origin=SubscriptionOrigin.FILE.value, **values)
             )
             counts["added"] += 1
-        elif any(getattr(row, key) != value for key, value in values.items()):
-            for key, value in values.items():
-                setattr(row, key, value)
-            session.add(row)
+            continue
+        if row.disabled_reason == LEFT_THE_FILE:  # back in the file: enabled again
+            set_enabled(session=session, subscription=row, enabled=True, reason=None)
             counts["updated"] += 1
+        elif any(getattr(row, key) != value for key, value in values.items()):
+            counts["updated"] += 1
+        for key, value in values.items():
+            setattr(row, key, value)
+        session.add(row)
     names = {item.name for item in subscriptions}
-    for row in session.exec(
-        select(WebhookSubscription).where(
-            col(WebhookSubscription.origin) == SubscriptionOrigin.FILE.value
-        )
-    ):
-        if row.name not in names:
-            remove(session=session, subscription=row)
-            counts["removed"] += 1
+    for row in existing.values():
+        gone = row.origin == SubscriptionOrigin.FILE.value and row.name not in names
+        if gone and row.disabled_reason != LEFT_THE_FILE:
+            set_enabled(session=session, subscription=row, enabled=False, reason=LEFT_THE_FILE)
+            counts["disabled"] += 1
     return counts
+
+
+def sync_file_into(engine: Engine, subscriptions: list[FileSubscription]) -> dict[str, int]:
+    """:func:`sync_file` in a transaction of its own; when another process syncing at the same
+    moment added the same name first, once more (then there is nothing left to add).
+
+    Raises:
+        SubscriptionError: as :func:`sync_file`.
+    """
+    try:
+        with session_scope(engine) as session:
+            return sync_file(session, subscriptions)
+    except IntegrityError:
+        with session_scope(engine) as session:
+            return sync_file(session, subscriptions)

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
@@ -102,6 +103,10 @@ def check_url(url: str, *, environ_names: Iterable[str] | None = None) -> str:
     if problem is not None:
         message, hint = problem
         raise SubscriptionError("url", f"{message} ({hint})" if hint else message)
+    try:
+        httpx.URL(url)  # what the client will send it to; it refuses some hosts (IDNA rules)
+    except httpx.InvalidURL as exc:
+        raise SubscriptionError("url", f"invalid URL: {exc}") from exc
     return url
 
 
@@ -125,6 +130,8 @@ def check_headers(headers: dict[str, str], *, allow_variables: bool) -> dict[str
             raise SubscriptionError("headers", f"{name} is set by crm-notify")
         if not isinstance(value, str) or any(c in value for c in "\r\n\0"):
             raise SubscriptionError("headers", f"{name}: a text value on one line")
+        if not value.isascii():
+            raise SubscriptionError("headers", f"{name}: ASCII text only (HTTP header values)")
         try:
             used = referenced_variables(value)
         except ValueError as exc:

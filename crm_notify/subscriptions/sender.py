@@ -80,9 +80,11 @@ class SubscriptionSender:
             request = self._request(subscription, message_id=message_id, body=body.encode())
         except (LookupError, ValueError) as exc:  # a ${NAME} not set, a bad secret or header
             return Attempt(False, error=f"configuration: {exc}")
+        except httpx.InvalidURL as exc:
+            return Attempt(False, error=f"invalid URL: {exc}")
         try:
             response = self._client.send(request, stream=True)
-            answer = read_bounded(response, MAX_ANSWER_BYTES)
+            answer = read_bounded(response, MAX_ANSWER_BYTES, timeout_s=self.timeout_s)
         except ResponseTooLargeError:
             answer = b""
             if not 200 <= response.status_code < 300:
@@ -91,8 +93,8 @@ class SubscriptionSender:
             return Attempt(False, error=f"timeout after {self.timeout_s:g}s")
         except httpx.TransportError as exc:
             return Attempt(False, error=blocked_reason(exc) or f"network error: {exc}")
-        except UnicodeEncodeError:
-            return Attempt(False, error="configuration: a header value is not ASCII text")
+        except httpx.HTTPError as exc:  # e.g. an answer whose encoding cannot be decoded
+            return Attempt(False, error=f"{type(exc).__name__}: {exc}")
         status = response.status_code
         if 200 <= status < 300:
             return Attempt(True, status)

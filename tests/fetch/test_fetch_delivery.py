@@ -424,3 +424,55 @@ def test_without_fallback_an_answer_of_another_shape_fails_the_email(
     assert [r for _, r, _ in pipeline.decisions() if r.startswith("fetch")] == [
         "fetch recommendations: ok"
     ]
+
+
+def test_a_suppression_while_the_service_answers_cancels_the_email(
+    make_pipeline: MakePipeline, api: ApiServer, smtp_sink: SmtpSink
+) -> None:
+    from crm_notify.db import session_scope
+    from crm_notify.guards.suppression import suppress
+
+    pipeline = make_pipeline(reco_rule(reco_url(api)))
+    pipeline.identify(email="ala@example.com", first_name="Ala")
+    pipeline.cart_viewed("C1")
+
+    # Given the address is suppressed (a complaint comes in) while the service is answering
+    def suppress_meanwhile(_request: Any) -> None:
+        with session_scope(pipeline.engine) as session:
+            suppress(session=session, email="ala@example.com", reason="complaint", created_by="esp")
+
+    api.check = suppress_meanwhile
+    # When the email is delivered
+    assert pipeline.deliver_queued() == ["cancelled"]
+    # Then nothing is sent: the guards run again after the fetch
+    assert smtp_sink.messages == [] and len(api.requests) == 1
+    (row,) = pipeline.rows()
+    assert row.status == "cancelled"
+    reasons = [reason for _outcome, reason, _details in pipeline.decisions()]
+    assert "fetch recommendations: ok" in reasons
+    assert any(r.startswith("cancelled at delivery: ") and "suppress" in r for r in reasons)
+
+
+@pytest.mark.parametrize("cart_id", ["..", "."])
+def test_a_dot_segment_value_cannot_climb_the_path(
+    make_pipeline: MakePipeline, api: ApiServer, cart_id: str
+) -> None:
+    # Given a cart id a shop sent as ".." (it would turn /carts/../products into /products)
+    pipeline = make_pipeline(reco_rule(reco_url(api), fallback={"products": []}))
+    pipeline.identify(email="ala@example.com", first_name="Ala")
+    pipeline.cart_viewed(cart_id)
+    # When the email is delivered, then no request is made: the value is refused
+    assert pipeline.deliver_queued() == ["sent"]
+    assert api.requests == []
+    (_, reason, details) = next(d for d in pipeline.decisions() if d[1].startswith("fetch"))
+    assert details["fetch"]["error"] == "request error"
+    assert f"a URL value may not be '{cart_id}'" in reason
+
+
+def test_an_encoded_value_stays_one_segment(make_pipeline: MakePipeline, api: ApiServer) -> None:
+    pipeline = make_pipeline(reco_rule(reco_url(api)))
+    pipeline.identify(email="ala@example.com", first_name="Ala")
+    pipeline.cart_viewed("C/1?limit=999#x")
+    pipeline.deliver_queued()
+    assert api.last.path == "/v1/carts/C/1?limit=999#x/products"  # the server decodes it
+    assert api.last.query["limit"] == ["3"]

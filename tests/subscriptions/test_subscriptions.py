@@ -20,6 +20,7 @@ from sqlmodel import Session, select
 from standardwebhooks import Webhook
 
 from crm_notify._net import OutboundPolicy
+from crm_notify.actions.signing import new_secret
 from crm_notify.contacts.models import Contact
 from crm_notify.db import session_scope
 from crm_notify.events.schemas import parse_call
@@ -205,7 +206,7 @@ def test_failures_are_retried_with_backoff_under_the_same_id(
         receiver.respond(429, headers={"Retry-After": "60"})
         _pass(runtime)
         first = _subscription(runtime.engine, name)
-        assert (first.failed_count, first.last_status) == (1, 503)
+        assert (first.failed_count, first.last_status) == (1, 503), first.last_error
         assert first.last_error == "answered 503: down"
         # When the dispatcher runs before the first backoff step is over, nothing is sent
         clock.tick(RETRY_SCHEDULE[0].total_seconds() - 1)
@@ -364,6 +365,11 @@ def test_invalid_subscriptions_name_the_field(engine: Engine) -> None:
                 "headers: webhook-id",
             ),
             ({"url": "https://crm.example/h", "name": "Bad Name"}, "name: 1 to 64"),
+            ({"url": "https://⒈.example/h"}, "url: invalid URL: Invalid IDNA hostname"),
+            (
+                {"url": "https://crm.example/h", "headers": {"X-Key": "café"}},
+                "headers: X-Key: ASCII",
+            ),
         ]
         for options, message in cases:
             with pytest.raises(repository.SubscriptionError) as caught:
@@ -414,7 +420,7 @@ def test_the_file_subscriptions_sync(runtime: Runtime, tmp_path: Path, monkeypat
         assert sync_file(session, load_file(path, environ=environ)) == {
             "added": 1,
             "updated": 0,
-            "removed": 0,
+            "disabled": 0,
         }
     row = _subscription(runtime.engine, "crm")
     assert (row.origin, row.events, row.secret, row.secret_variable) == (
@@ -423,16 +429,24 @@ def test_the_file_subscriptions_sync(runtime: Runtime, tmp_path: Path, monkeypat
         None,
         "CRM_SECRET",
     )
-    # A mistake names the file and line; a removed entry is removed
+    good = path.read_text()
+    # A mistake names the file and line
     path.write_text(
         "subscriptions:\n  - name: crm\n    url: https://crm.example/hooks\n    secret: whsec_abc\n"
     )
     with pytest.raises(RuleFileError) as caught:
         load_file(path, environ=environ)
     assert str(caught.value).startswith(f"{path}:4: subscriptions[0].secret: name the environment")
+    # An entry no longer in the file is disabled, saying so, and enabled again when it is back
     path.write_text("subscriptions: []\n")
     with session_scope(runtime.engine) as session:
-        assert sync_file(session, load_file(path, environ=environ))["removed"] == 1
+        assert sync_file(session, load_file(path, environ=environ))["disabled"] == 1
+    gone = _subscription(runtime.engine, "crm")
+    assert (gone.enabled, gone.disabled_reason) == (False, "no longer in the subscriptions file")
+    path.write_text(good)
+    with session_scope(runtime.engine) as session:
+        assert sync_file(session, load_file(path, environ=environ))["updated"] == 1
+    assert _subscription(runtime.engine, "crm").enabled
 
 
 def test_metrics_show_each_subscriptions_counters(runtime: Runtime, receiver: ApiServer) -> None:
@@ -461,3 +475,76 @@ def test_metrics_show_each_subscriptions_counters(runtime: Runtime, receiver: Ap
         'crm_notify_webhook_subscription_deliveries_waiting{subscription="crm"} 1.0',
     ):
         assert line in text, text
+
+
+def test_a_subscriber_gets_its_events_in_order_through_failures(
+    runtime: Runtime, receiver: ApiServer
+) -> None:
+    # Given a subscriber that fails twice, then recovers, while a contact subscribes and then
+    # unsubscribes (its CRM must end with the contact unsubscribed)
+    _name, secret = _subscribe(
+        runtime.engine,
+        f"{receiver.url}/hooks",
+        events=["contact.subscribed", "contact.unsubscribed"],
+    )
+    with freeze_time(START) as clock:
+        contact_id = _identify(runtime)
+        with session_scope(runtime.engine) as session:
+            for name in (LifecycleName.SUBSCRIBED, LifecycleName.UNSUBSCRIBED):
+                emit(session, name, contact_id=contact_id, source=LifecycleSource.CONTACT)
+        receiver.respond(503)
+        receiver.respond(503)
+        _pass(runtime)
+        # When the dispatcher runs through the retries
+        for _ in range(100):  # every 10 s: later events are due long before the retry is
+            if not _deliveries(runtime.engine):
+                break
+            clock.tick(10)
+            runtime.subscriptions.run_once()
+        assert _verified(receiver.last, secret)["type"] == "contact.unsubscribed"
+    # Then every attempt kept the order: the subscription twice (failed), then both
+    sent = [json.loads(request.body)["type"] for request in receiver.requests]
+    assert sent == ["contact.subscribed"] * 3 + ["contact.unsubscribed"]
+    assert _deliveries(runtime.engine) == []
+
+
+def test_a_url_the_client_refuses_is_recorded_as_a_failure(
+    runtime: Runtime, receiver: ApiServer
+) -> None:
+    # Given a subscription whose URL the HTTP client refuses (written before the check existed)
+    with session_scope(runtime.engine) as session:
+        session.add(
+            WebhookSubscription(
+                name="odd", url="https://⒈.example/h", secret=new_secret(), disable_after_s=3600
+            )
+        )
+    _identify(runtime)
+    _pass(runtime)
+    # Then the attempt is a failure with the reason, retried later, never stuck
+    state = _subscription(runtime.engine, "odd")
+    assert state.failed_count == 1
+    assert (state.last_error or "").startswith("invalid URL: ")
+    (delivery,) = _deliveries(runtime.engine)
+    assert (delivery.status, delivery.attempts) == ("pending", 1)
+
+
+def test_export_and_retention_cover_waiting_deliveries(
+    runtime: Runtime, receiver: ApiServer
+) -> None:
+    from crm_notify.gdpr.export import export_contact
+    from crm_notify.gdpr.retention import purge
+
+    receiver.default = Answer(500)
+    _subscribe(runtime.engine, f"{receiver.url}/hooks")
+    with freeze_time(START):
+        contact_id = _identify(runtime)
+        _pass(runtime)
+    with Session(runtime.engine) as session:
+        contact = session.get(Contact, contact_id)
+        assert contact is not None
+        exported = export_contact(session=session, contact=contact)
+    (delivery,) = exported["webhook_deliveries"]
+    assert "ada@example.com" in delivery["body"]
+    with freeze_time(START + timedelta(days=400)), session_scope(runtime.engine) as session:
+        purge(session=session, older_than=timedelta(days=365))
+    assert _deliveries(runtime.engine) == []

@@ -194,6 +194,12 @@ def test_the_cli_adds_lists_pings_and_removes(
         base_env, "webhooks", "add", "https://x.example/", "--sources", "robot", check=False
     )
     assert bad.returncode == 2 and "--sources" in bad.stderr and "unknown 'robot'" in bad.stderr
+    bad_url = run_cli(base_env, "webhooks", "add", "http://x.example/", check=False)
+    assert bad_url.returncode == 2 and "Invalid value for URL: plain http://" in bad_url.stderr
+    bad_header = run_cli(
+        base_env, "webhooks", "add", "https://x.example/", "--header", "X: é", check=False
+    )
+    assert "Invalid value for --header: X: ASCII text only" in bad_header.stderr
     assert run_cli(base_env, "webhooks", "remove", "sms").stdout == "removed sms\n"
     missing = run_cli(base_env, "webhooks", "show", "sms", check=False)
     assert missing.returncode == 1 and "no webhook subscription named 'sms'" in missing.stderr
