@@ -24,6 +24,7 @@ run: $(STAMP)  ## Migrate the database and start the service (embedded default: 
 
 test: $(STAMP)  ## Run the whole test suite (starts a private Redis when none is reachable)
 	@scripts/ensure-chromium
+	@scripts/ensure-rabbitmq
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 check: $(STAMP)  ## Format check, lint and type check

@@ -165,7 +165,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
             {
                 "status": "ok",
                 "database": "ok",
-                "broker": "redis" if settings.redis_url else "embedded",
+                "broker": settings.broker_kind,
                 "rules": len(rt.rules.rules),
             }
         )

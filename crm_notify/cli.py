@@ -232,7 +232,12 @@ def serve(ctx: _Context, host: str | None, port: int | None, migrate: bool) -> N
         engine.dispose()
     app = create_app(settings, runtime=_runtime(ctx))
     bind_host, bind_port = settings.host, settings.port
-    mode = "Redis broker" if settings.redis_url else "embedded broker (in-process delivery)"
+    mode = {
+        "redis": "Redis broker",
+        "rabbitmq": "RabbitMQ broker",
+        "embedded": "embedded broker (in-process delivery)",
+    }[settings.broker_kind]
+    _warn_about_broker(settings)
     click.echo(f"crm-notify listening on http://{bind_host}:{bind_port} with {mode}", err=True)
     if not settings.base_url.startswith("https://"):
         click.echo(
@@ -255,6 +260,7 @@ def scheduler(ctx: _Context, once: bool) -> None:
     """
     import signal
 
+    _warn_about_broker(ctx.settings)
     runtime = _runtime(ctx)
     try:
         if once:
@@ -283,14 +289,16 @@ def scheduler(ctx: _Context, once: bool) -> None:
 @click.option("--threads", "-t", type=int, default=None, help="Threads per process.")
 @pass_ctx
 def worker(ctx: _Context, processes: int | None, threads: int | None) -> None:
-    """Run Dramatiq worker processes that deliver queued notifications (needs Redis)."""
+    """Run Dramatiq worker processes that deliver queued notifications (needs a broker:
+    CRM_NOTIFY_BROKER_URL, redis:// or amqp://, or CRM_NOTIFY_REDIS_URL)."""
     settings = ctx.settings
-    if not settings.redis_url:
+    if settings.embedded_broker:
         _fail(
-            "CRM_NOTIFY_REDIS_URL is not set: without Redis, `crm-notify serve` delivers "
-            "in-process and no separate worker is needed",
+            "no broker is configured (CRM_NOTIFY_BROKER_URL or CRM_NOTIFY_REDIS_URL): without "
+            "one, `crm-notify serve` delivers in-process and no separate worker is needed",
             2,
         )
+    _warn_about_broker(settings)
     _runtime(ctx).close()  # fail here, with a clear message, if rules or settings are bad
     argv = ["dramatiq", "crm_notify.worker.entry"]
     argv += ["--processes", str(processes or os.cpu_count() or 1)]
@@ -301,6 +309,16 @@ def worker(ctx: _Context, processes: int | None, threads: int | None) -> None:
 
     sys.argv = argv
     sys.exit(dramatiq_main())  # type: ignore[no-untyped-call]
+
+
+def _warn_about_broker(settings: Settings) -> None:
+    """Print what a Redis broker is set up to lose (no AOF, an eviction policy)."""
+    if settings.broker_kind != "redis" or settings.broker is None:
+        return
+    from crm_notify.worker.broker import redis_durability_warnings
+
+    for line in redis_durability_warnings(settings.broker):
+        click.echo(f"warning: {line}", err=True)
 
 
 def _read_env_file(path: Path) -> dict[str, str]:

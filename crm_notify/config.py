@@ -47,6 +47,10 @@ ESP_OPTIONS: dict[str, frozenset[str]] = {
 }
 
 
+#: URL schemes of the brokers (Dramatiq's Redis and RabbitMQ brokers).
+BROKER_SCHEMES = frozenset({"redis", "rediss", "unix", "amqp", "amqps"})
+
+
 class Settings(BaseSettings):
     """Validated configuration of one crm-notify process."""
 
@@ -60,6 +64,16 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(
         None, description="Redis for the Dramatiq broker; unset runs the actors in-process."
+    )
+    broker_url: str | None = Field(
+        None,
+        description="The Dramatiq broker: redis://... or amqp://... (RabbitMQ); unset: "
+        "CRM_NOTIFY_REDIS_URL, and without that the actors run in-process.",
+    )
+    queue_name: str = Field(
+        "crm_notify",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="The broker queue crm-notify's workers consume.",
     )
     redis_namespace: str = Field(
         "crm-notify", min_length=1, max_length=64, description="Prefix of crm-notify's Redis keys."
@@ -234,6 +248,15 @@ class Settings(BaseSettings):
             value = "postgresql+psycopg://" + value[len("postgresql://") :]
         return value
 
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if urlsplit(value).scheme not in BROKER_SCHEMES:
+            raise ValueError("must start with redis://, rediss://, unix://, amqp:// or amqps://")
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str | None) -> str | None:
@@ -401,9 +424,22 @@ class Settings(BaseSettings):
         return self.database_url.startswith("sqlite")
 
     @property
+    def broker(self) -> str | None:
+        """The broker's URL: ``CRM_NOTIFY_BROKER_URL``, else ``CRM_NOTIFY_REDIS_URL``, else
+        ``None`` (in-process)."""
+        return self.broker_url or self.redis_url
+
+    @property
+    def broker_kind(self) -> str:
+        """``rabbitmq``, ``redis`` or ``embedded``."""
+        if self.broker is None:
+            return "embedded"
+        return "rabbitmq" if urlsplit(self.broker).scheme.startswith("amqp") else "redis"
+
+    @property
     def embedded_broker(self) -> bool:
-        """Whether actors run in-process (no Redis configured)."""
-        return self.redis_url is None
+        """Whether actors run in-process (no broker configured)."""
+        return self.broker is None
 
 
 def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:

@@ -146,7 +146,9 @@ class Runtime:
             rules=self.rules,
             fetcher=self.fetcher,
         )
-        self.actors = declare_actors(self.broker, deliver=self.delivery.deliver)
+        self.actors = declare_actors(
+            self.broker, deliver=self.delivery.deliver, queue_name=self.settings.queue_name
+        )
         # Send gates: the integration's ${NAME} credentials come from the process environment.
         self.gate_notifier = GateNotifier.from_settings(
             self.settings, secret_key=self.secret_key, environ=os.environ

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
+import pika
 import pydantic.v1  # noqa: F401  (see below)
 import pytest
 import redis
@@ -17,7 +18,13 @@ from sqlalchemy.engine import Engine
 from crm_notify.config import Settings, load_settings
 from crm_notify.db import make_engine
 from crm_notify.migrations import upgrade
-from tests.support.servers import PrivateRedis, SmtpSink, port_open, start_smtp_sink
+from tests.support.servers import (
+    PrivateRabbitMQ,
+    PrivateRedis,
+    SmtpSink,
+    port_open,
+    start_smtp_sink,
+)
 
 # FastAPI imports pydantic.v1 the first time it builds a route; done inside a test that froze
 # the clock (freezegun), that import fails (its classes meet freezegun's fake datetime). It is
@@ -83,6 +90,40 @@ def redis_server_url() -> Iterator[str]:
             yield server.url
         finally:
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> Iterator[str]:
+    """The machine's RabbitMQ on 127.0.0.1:5672 when reachable, else a private node (Debian's
+    rabbitmq-server, which `make test` installs where it may)."""
+    if os.environ.get("CRM_NOTIFY_TEST_RABBITMQ_URL"):
+        yield os.environ["CRM_NOTIFY_TEST_RABBITMQ_URL"]
+    elif port_open("127.0.0.1", 5672):
+        yield "amqp://guest:guest@127.0.0.1:5672/%2F"
+    else:
+        try:
+            server = PrivateRabbitMQ()
+        except RuntimeError as exc:
+            if os.environ.get("CI"):
+                raise
+            pytest.skip(str(exc))
+        try:
+            yield server.url
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def rabbitmq_queue(rabbitmq_url: str) -> Iterator[str]:
+    """A queue name of this test's own; its queues (with Dramatiq's delay and dead-letter
+    queues) are deleted afterwards."""
+    name = f"crm_notify_test_{uuid.uuid4().hex[:10]}"
+    yield name
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    channel = connection.channel()
+    for queue in (name, f"{name}.DQ", f"{name}.XQ"):
+        channel.queue_delete(queue)
+    connection.close()
 
 
 @pytest.fixture

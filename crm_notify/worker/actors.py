@@ -9,7 +9,7 @@ from typing import Any
 
 import dramatiq
 
-#: Queue every crm-notify actor uses.
+#: Queue every crm-notify actor uses (the default of ``CRM_NOTIFY_QUEUE_NAME``).
 QUEUE_NAME = "crm_notify"
 
 #: Name of the delivery actor (stable: it is stored in queued messages).
@@ -34,10 +34,13 @@ class Actors:
         )
 
 
-def declare_actors(broker: dramatiq.Broker, *, deliver: Callable[[int], Any]) -> Actors:
+def declare_actors(
+    broker: dramatiq.Broker, *, deliver: Callable[[int], Any], queue_name: str = QUEUE_NAME
+) -> Actors:
     """Declare crm-notify's actors on ``broker``.
 
     Parameters:
+        queue_name: the queue they use (several deployments may share a broker).
         deliver: does one delivery attempt for a notification id; an exception it raises
             (database unreachable, say) is retried by Dramatiq with backoff, which is safe
             because delivery claims the row first.
@@ -46,5 +49,5 @@ def declare_actors(broker: dramatiq.Broker, *, deliver: Callable[[int], Any]) ->
     def deliver_notification(notification_id: int) -> None:
         deliver(notification_id)
 
-    decorate = dramatiq.actor(broker=broker, actor_name=DELIVER_ACTOR, queue_name=QUEUE_NAME)
+    decorate = dramatiq.actor(broker=broker, actor_name=DELIVER_ACTOR, queue_name=queue_name)
     return Actors(deliver_notification=decorate(deliver_notification))

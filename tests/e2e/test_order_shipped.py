@@ -136,17 +136,27 @@ def test_service_rejects_bad_keys_and_bad_input_and_keeps_serving(
     assert "/v1/batch" in httpx.get(f"{url}/openapi.json").json()["paths"]
 
 
-def test_segment_sdk_order_shipped_through_redis_workers(
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_segment_sdk_order_shipped_through_broker_workers(
+    broker: str,
+    request: pytest.FixtureRequest,
     base_env: dict[str, str],
     tmp_path: Path,
     smtp_sink: SmtpSink,
-    redis_server_url: str,
-    redis_namespace: str,
 ) -> None:
-    # Given the service and a separate worker process sharing Redis
-    env = dict(
-        base_env, CRM_NOTIFY_REDIS_URL=redis_server_url, CRM_NOTIFY_REDIS_NAMESPACE=redis_namespace
-    )
+    # Given the service and a separate worker process sharing a broker
+    if broker == "redis":
+        env = dict(
+            base_env,
+            CRM_NOTIFY_REDIS_URL=request.getfixturevalue("redis_server_url"),
+            CRM_NOTIFY_REDIS_NAMESPACE=request.getfixturevalue("redis_namespace"),
+        )
+    else:
+        env = dict(
+            base_env,
+            CRM_NOTIFY_BROKER_URL=request.getfixturevalue("rabbitmq_url"),
+            CRM_NOTIFY_QUEUE_NAME=request.getfixturevalue("rabbitmq_queue"),
+        )
     service = ServiceProcess(env, tmp_path / "serve.log")
     worker = WorkerProcess(env, tmp_path / "worker.log")
     try:

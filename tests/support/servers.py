@@ -1,11 +1,13 @@
-"""Real servers on 127.0.0.1 for tests: a private Redis, an SMTP sink, and an ASGI app under
-uvicorn in a thread."""
+"""Real servers on 127.0.0.1 for tests: a private Redis or RabbitMQ, an SMTP sink, and an ASGI
+app under uvicorn in a thread."""
 
 from __future__ import annotations
 
 import email
 import email.policy
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -71,9 +73,10 @@ def redis_server_binary() -> str:
 
 
 class PrivateRedis:
-    """A ``redis-server`` started on a free port with a throw-away directory."""
+    """A ``redis-server`` started on a free port with a throw-away directory (``options``:
+    more ``--name value`` settings, e.g. ``{"appendonly": "yes"}``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, **options: str) -> None:
         self.port = free_port()
         self._dir = tempfile.mkdtemp(prefix="crm-notify-redis-")
         self._process = subprocess.Popen(
@@ -89,6 +92,7 @@ class PrivateRedis:
                 "no",
                 "--dir",
                 self._dir,
+                *[part for name, value in options.items() for part in (f"--{name}", value)],
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -106,6 +110,65 @@ class PrivateRedis:
     def stop(self) -> None:
         self._process.terminate()
         self._process.wait(timeout=10)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+#: Debian's RabbitMQ server script (the one in /usr/sbin drops to the rabbitmq user).
+RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+
+
+class PrivateRabbitMQ:
+    """A RabbitMQ node of its own (Debian's ``rabbitmq-server``) on free ports, with a
+    throw-away directory; ``guest``/``guest`` on loopback."""
+
+    def __init__(self) -> None:
+        if not RABBITMQ_SERVER.exists():
+            raise RuntimeError(
+                "no RabbitMQ server: install Debian's rabbitmq-server (scripts/ensure-rabbitmq)"
+            )
+        self.port = free_port()
+        self._dir = Path(tempfile.mkdtemp(prefix="crm-notify-rabbitmq-"))
+        env = {
+            **os.environ,
+            "HOME": str(self._dir),
+            "RABBITMQ_NODENAME": f"crm-notify-test-{self.port}@localhost",
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(free_port()),
+            "RABBITMQ_MNESIA_BASE": str(self._dir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self._dir / "log"),
+            "RABBITMQ_PID_FILE": str(self._dir / "pid"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self._dir / "plugins"),
+            "RABBITMQ_CONFIG_FILE": str(self._dir / "rabbitmq"),
+        }
+        self._log = (self._dir / "server.log").open("w")
+        self._process = subprocess.Popen(
+            [str(RABBITMQ_SERVER)],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 90
+        while not port_open("127.0.0.1", self.port):
+            if time.monotonic() > deadline or self._process.poll() is not None:
+                self.stop()
+                raise RuntimeError("the private RabbitMQ node did not start")
+            time.sleep(0.2)
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            os.killpg(self._process.pid, signal.SIGTERM)
+            try:
+                self._process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._process.pid, signal.SIGKILL)
+                self._process.wait()
+        self._log.close()
         shutil.rmtree(self._dir, ignore_errors=True)
 
 

@@ -80,7 +80,7 @@ class ServiceProcess:
 
 
 class WorkerProcess:
-    """``crm-notify worker`` (Dramatiq worker processes on Redis)."""
+    """``crm-notify worker`` (Dramatiq worker processes on Redis or RabbitMQ)."""
 
     def __init__(self, env: dict[str, str], log_path: Path, *, processes: int = 1) -> None:
         self._log = log_path.open("w")
