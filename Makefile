@@ -35,6 +35,8 @@ bench: $(STAMP)  ## Run the benchmarks and print their figures (see docs/benchma
 	$(BIN)/python -m bench.timers
 	$(BIN)/python -m bench.webhooks
 	$(BIN)/python -m bench.gates
+	$(BIN)/python -m bench.subscriptions
+	$(BIN)/python -m bench.soak --rate 200 --duration 300
 
 lint-rules: $(STAMP)  ## Check the rule files and their templates
 	$(BIN)/crm-notify rules lint
