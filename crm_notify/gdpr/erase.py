@@ -83,6 +83,10 @@ def erase_contact(*, session: Session, contact: Contact, actor: str) -> ErasureR
         The counts of what was removed or anonymised.
     """
     assert contact.id is not None
+    # Lock the contact first (PostgreSQL): a transaction storing an event for them right now
+    # (the intake, the lifecycle relay) either commits before and its rows are found below, or
+    # waits and then finds the contact gone; none can add a row between the reads and deletes.
+    session.refresh(contact, with_for_update=True)  # and read it again under the lock
     report = ErasureReport(contact_id=contact.id)
     address = contact.email
     event_ids = _scope.ids(session.exec(_scope.event_ids(contact)))
