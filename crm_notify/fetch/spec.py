@@ -23,7 +23,7 @@
 What the values mean and how they are checked is in :mod:`crm_notify.rules._fetch`.
 
 This module imports nothing from :mod:`crm_notify.rules` at import time: the rule model imports
-it, so the duration helpers are looked up when a value is validated (or a schema built).
+it (its duration fields come from :mod:`crm_notify._spec_durations`).
 """
 
 from __future__ import annotations
@@ -37,11 +37,14 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    GetJsonSchemaHandler,
     WithJsonSchema,
 )
-from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema, PydanticCustomError
+
+from crm_notify._spec_durations import (
+    DurationJsonSchema,
+    duration_field_value,
+    positive_at_most,
+)
 
 #: What a fetch name must look like: a template variable (no ``-``).
 FETCH_NAME_PATTERN = r"^[a-z_][a-z0-9_]*$"
@@ -56,76 +59,33 @@ MAX_CACHE = timedelta(days=30)
 MAX_RETRY_AFTER = timedelta(days=7)
 
 
-def _duration(value: Any) -> timedelta:
-    """Pydantic before-validator: a duration as rule files write it (``2s``, ``PT2S``)."""
-    from crm_notify.rules.model import duration_value  # see the module docstring
-
-    return duration_value(value)
-
-
-def _positive_at_most(most: timedelta) -> Any:
-    """Pydantic after-validator: a duration more than zero, at most ``most``."""
-
-    def check(value: timedelta) -> timedelta:
-        from crm_notify.rules.durations import format_duration  # as above
-
-        if value <= timedelta(0):
-            raise PydanticCustomError(
-                "duration_not_positive",
-                "must be more than zero, got '{value}'",
-                {"value": format_duration(value)},
-            )
-        if value > most:
-            raise PydanticCustomError(
-                "fetch_duration_too_long",
-                "must be at most {most}, got '{value}'",
-                {"most": format_duration(most), "value": format_duration(value)},
-            )
-        return value
-
-    return check
-
-
-class _DurationJsonSchema:
-    """The JSON Schema of a positive duration, written as in the rest of the file."""
-
-    def __init__(self, description: str) -> None:
-        self.description = description
-
-    def __get_pydantic_json_schema__(
-        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
-    ) -> JsonSchemaValue:
-        from crm_notify.rules.durations import DURATION_JSON_PATTERN  # see the module docstring
-
-        return {
-            "type": "string",
-            "pattern": DURATION_JSON_PATTERN,
-            "not": {"pattern": "^(0|P?T?(0+[WDHMSwdhms]T?)+)$"},
-            "examples": ["2s", "15m", "1h"],
-            "description": self.description,
-        }
-
-
 #: ``timeout``: more than zero, at most 10s.
 _Timeout = Annotated[
     timedelta,
-    BeforeValidator(_duration),
-    AfterValidator(_positive_at_most(MAX_TIMEOUT)),
-    _DurationJsonSchema("How long the request may take: 1s to 10s; default 2s"),
+    BeforeValidator(duration_field_value),
+    AfterValidator(positive_at_most(MAX_TIMEOUT, code="fetch_duration_too_long")),
+    DurationJsonSchema(
+        "How long the request may take: 1s to 10s; default 2s", examples=("2s", "5s", "10s")
+    ),
 ]
 #: ``cache``: more than zero, at most 30d.
 _Cache = Annotated[
     timedelta,
-    BeforeValidator(_duration),
-    AfterValidator(_positive_at_most(MAX_CACHE)),
-    _DurationJsonSchema("Keep a successful answer this long (by request): 90s, 1h; at most 30d"),
+    BeforeValidator(duration_field_value),
+    AfterValidator(positive_at_most(MAX_CACHE, code="fetch_duration_too_long")),
+    DurationJsonSchema(
+        "Keep a successful answer this long (by request): 90s, 1h; at most 30d",
+        examples=("90s", "1h", "1d"),
+    ),
 ]
 #: ``retry_after``: more than zero, at most 7d.
 _RetryAfter = Annotated[
     timedelta,
-    BeforeValidator(_duration),
-    AfterValidator(_positive_at_most(MAX_RETRY_AFTER)),
-    _DurationJsonSchema("With on_error: defer, try again this much later: at most 7d"),
+    BeforeValidator(duration_field_value),
+    AfterValidator(positive_at_most(MAX_RETRY_AFTER, code="fetch_duration_too_long")),
+    DurationJsonSchema(
+        "With on_error: defer, try again this much later: at most 7d", examples=("15m", "1h", "1d")
+    ),
 ]
 
 

@@ -32,7 +32,7 @@ project's), so there a rule's ``url`` may be left out.
 What the values mean and how they are checked is in :mod:`crm_notify.rules._gate`.
 
 This module imports nothing from :mod:`crm_notify.rules` at import time: the rule model imports
-it, so the duration helpers are looked up when a value is validated (or a schema built).
+it (its duration fields come from :mod:`crm_notify._spec_durations`).
 """
 
 from __future__ import annotations
@@ -46,12 +46,16 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    GetJsonSchemaHandler,
     PlainValidator,
     model_validator,
 )
-from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema, PydanticCustomError
+from pydantic_core import PydanticCustomError
+
+from crm_notify._spec_durations import (
+    DurationJsonSchema,
+    duration_field_value,
+    positive_at_most,
+)
 
 #: Longest gate timeout: held sends should not wait longer than a week.
 MAX_GATE_TIMEOUT = timedelta(days=7)
@@ -66,56 +70,6 @@ MAX_URL_CHARS = 2048
 MAX_RETRY_AFTER = timedelta(days=30)
 #: Most retries of one send a follow-up may ask for.
 MAX_RETRIES = 10
-
-
-def _timeout_value(value: Any) -> timedelta:
-    """Pydantic before-validator: a duration as rule files write it (``1h``, ``PT1H``)."""
-    from crm_notify.rules.model import duration_value  # see the module docstring
-
-    return duration_value(value)
-
-
-def _positive_at_most(most: timedelta) -> Any:
-    """Pydantic after-validator: a duration more than zero, at most ``most``."""
-
-    def check(value: timedelta) -> timedelta:
-        from crm_notify.rules.durations import format_duration  # as above
-
-        if value <= timedelta(0):
-            raise PydanticCustomError(
-                "duration_not_positive",
-                "must be more than zero, got '{value}'",
-                {"value": format_duration(value)},
-            )
-        if value > most:
-            raise PydanticCustomError(
-                "gate_duration_too_long",
-                "must be at most {most}, got '{value}'",
-                {"most": format_duration(most), "value": format_duration(value)},
-            )
-        return value
-
-    return check
-
-
-class _DurationJsonSchema:
-    """The JSON Schema of a positive duration, written as in the rest of the file."""
-
-    def __init__(self, description: str) -> None:
-        self.description = description
-
-    def __get_pydantic_json_schema__(
-        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
-    ) -> JsonSchemaValue:
-        from crm_notify.rules.durations import DURATION_JSON_PATTERN  # see the module docstring
-
-        return {
-            "type": "string",
-            "pattern": DURATION_JSON_PATTERN,
-            "not": {"pattern": "^(0|P?T?(0+[WDHMSwdhms]T?)+)$"},
-            "examples": ["1h", "30m", "1d"],
-            "description": self.description,
-        }
 
 
 class _Spec(BaseModel):
@@ -173,9 +127,9 @@ class GateFollowUpSpec(_Spec):
     retry_after: (
         Annotated[
             timedelta,
-            BeforeValidator(_timeout_value),
-            AfterValidator(_positive_at_most(MAX_RETRY_AFTER)),
-            _DurationJsonSchema(
+            BeforeValidator(duration_field_value),
+            AfterValidator(positive_at_most(MAX_RETRY_AFTER, code="gate_duration_too_long")),
+            DurationJsonSchema(
                 "Try the same send again this much later (held by the gate again): 90s, 30m, "
                 "1h, 2d, or ISO 8601; more than zero, at most 30d"
             ),
@@ -229,9 +183,9 @@ class GateSpec(_Spec):
     timeout: (
         Annotated[
             timedelta,
-            BeforeValidator(_timeout_value),
-            AfterValidator(_positive_at_most(MAX_GATE_TIMEOUT)),
-            _DurationJsonSchema(
+            BeforeValidator(duration_field_value),
+            AfterValidator(positive_at_most(MAX_GATE_TIMEOUT, code="gate_duration_too_long")),
+            DurationJsonSchema(
                 "How long held sends wait for the finish call: 90s, 30m, 1h, 2d, or ISO 8601 "
                 "(PT1H); more than zero, at most 7d; default 1h"
             ),
