@@ -9,7 +9,7 @@ stops start-up instead of failing sends. ``$$`` stands for a literal ``$``.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 #: A reference: ``${NAME}`` (letters, digits and ``_``, not starting with a digit), or ``$$``.
 ENV_REFERENCE = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}")
@@ -67,3 +67,21 @@ def expand(text: str, environ: Mapping[str, str]) -> str:
         return environ[name]
 
     return ENV_REFERENCE.sub(value, text)
+
+
+def expand_headers(
+    headers: Iterable[tuple[str, str]], environ: Mapping[str, str]
+) -> dict[str, str]:
+    """Header values with their ``${NAME}`` references replaced (:func:`expand`).
+
+    Raises:
+        MissingVariableError: a referenced variable is not set.
+        ValueError: a value contains a line break or NUL once resolved.
+    """
+    resolved = {}
+    for name, value in headers:
+        text = expand(value, environ)
+        if any(char in text for char in "\r\n\0"):
+            raise ValueError(f"header {name}: its value contains a line break or NUL")
+        resolved[name] = text
+    return resolved

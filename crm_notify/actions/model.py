@@ -8,7 +8,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from crm_notify.actions.body import ContentType, WebhookBody
-from crm_notify.actions.env import expand
+from crm_notify.actions.env import expand, expand_headers
 from crm_notify.actions.signing import SigningSecret
 
 #: ``Notification.channel`` of a webhook action.
@@ -62,13 +62,7 @@ class WebhookAction:
             MissingVariableError: a referenced variable is not set.
             ValueError: a value contains a line break or NUL once resolved.
         """
-        headers = {}
-        for name, value in self.headers:
-            text = expand(value, environ)
-            if any(char in text for char in "\r\n\0"):
-                raise ValueError(f"header {name}: its value contains a line break or NUL")
-            headers[name] = text
-        return headers
+        return expand_headers(self.headers, environ)
 
     def secret(
         self, environ: Mapping[str, str], default: SigningSecret | None

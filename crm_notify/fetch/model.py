@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from crm_notify.actions.body import WebhookBody
-from crm_notify.actions.env import expand
+from crm_notify.actions.env import expand, expand_headers
 from crm_notify.errors import RenderError
 from crm_notify.fetch.spec import DEFAULT_TIMEOUT
 from crm_notify.render.sandbox import CompiledExpression
@@ -120,13 +120,7 @@ class FetchStep:
             MissingVariableError: a referenced variable is not set.
             ValueError: a value contains a line break or NUL once resolved.
         """
-        headers = {}
-        for name, value in self.headers:
-            text = expand(value, environ)
-            if any(char in text for char in "\r\n\0"):
-                raise ValueError(f"header {name}: its value contains a line break or NUL")
-            headers[name] = text
-        return headers
+        return expand_headers(self.headers, environ)
 
 
 def _url_text(value: Any) -> str:

@@ -22,7 +22,7 @@ from crm_notify._net import (
     outbound_client,
     read_bounded,
 )
-from crm_notify.actions.env import expand
+from crm_notify.actions.env import expand, expand_headers
 from crm_notify.actions.signing import SigningSecret, new_message_id, signature_headers
 from crm_notify.clock import now
 from crm_notify.esp.http import retry_after_s
@@ -119,12 +119,7 @@ class SubscriptionSender:
     def _request(
         self, subscription: WebhookSubscription, *, message_id: str, body: bytes
     ) -> httpx.Request:
-        headers = {
-            name: expand(value, self._environ) for name, value in subscription.headers.items()
-        }
-        for name, value in headers.items():
-            if any(char in value for char in "\r\n\0"):
-                raise ValueError(f"header {name}: its value contains a line break or NUL")
+        headers = expand_headers(subscription.headers.items(), self._environ)
         headers["Content-Type"] = CONTENT_TYPES[subscription.content_type]
         headers.update(
             signature_headers(
