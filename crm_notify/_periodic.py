@@ -1,11 +1,14 @@
 """A pass run every few seconds in a daemon thread, until stopped: the base of the background
-services that poll the database (the outbox relay, the lifecycle relay)."""
+services that poll the database (the outbox relay, the lifecycle relay, the subscription
+dispatcher). A pass failing because the broker or the database is down logs one line."""
 
 from __future__ import annotations
 
 import logging
 import threading
 from typing import Any
+
+from crm_notify._outages import outage
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +41,19 @@ class Periodic:
         while not self._stop.wait(self._interval_s):
             try:
                 self.run_once()
-            except Exception:
-                logger.exception(
-                    "%s pass failed; trying again in %.1fs", self._name, self._interval_s
-                )
+            except Exception as exc:
+                down = outage(exc)
+                if down is not None:  # one line per pass, not a traceback, while it lasts
+                    logger.warning(
+                        "%s pass failed, %s; trying again in %.1fs",
+                        self._name,
+                        down,
+                        self._interval_s,
+                    )
+                else:
+                    logger.exception(
+                        "%s pass failed; trying again in %.1fs", self._name, self._interval_s
+                    )
 
     def stop(self, timeout_s: float = 60) -> None:
         """Stop, after the pass in progress."""

@@ -237,7 +237,7 @@ def serve(ctx: _Context, host: str | None, port: int | None, migrate: bool) -> N
         "rabbitmq": "RabbitMQ broker",
         "embedded": "embedded broker (in-process delivery)",
     }[settings.broker_kind]
-    _warn_about_broker(settings)
+    _warn_about_setup(settings)
     click.echo(f"crm-notify listening on http://{bind_host}:{bind_port} with {mode}", err=True)
     if not settings.base_url.startswith("https://"):
         click.echo(
@@ -260,7 +260,7 @@ def scheduler(ctx: _Context, once: bool) -> None:
     """
     import signal
 
-    _warn_about_broker(ctx.settings)
+    _warn_about_setup(ctx.settings)
     runtime = _runtime(ctx)
     try:
         if once:
@@ -298,7 +298,7 @@ def worker(ctx: _Context, processes: int | None, threads: int | None) -> None:
             "one, `crm-notify serve` delivers in-process and no separate worker is needed",
             2,
         )
-    _warn_about_broker(settings)
+    _warn_about_setup(settings)
     _runtime(ctx).close()  # fail here, with a clear message, if rules or settings are bad
     argv = ["dramatiq", "crm_notify.worker.entry"]
     argv += ["--processes", str(processes or os.cpu_count() or 1)]
@@ -311,8 +311,19 @@ def worker(ctx: _Context, processes: int | None, threads: int | None) -> None:
     sys.exit(dramatiq_main())  # type: ignore[no-untyped-call]
 
 
-def _warn_about_broker(settings: Settings) -> None:
-    """Print what a Redis broker is set up to lose (no AOF, an eviction policy)."""
+def _warn_about_setup(settings: Settings) -> None:
+    """Print what the set-up risks: a lease shorter than a delivery may take (a send in
+    progress handed to a second worker), a Redis broker that loses messages."""
+    from crm_notify.outbox.delivery import LONGEST_DELIVERY_S
+
+    if settings.sending_lease_s < LONGEST_DELIVERY_S:
+        click.echo(
+            f"warning: CRM_NOTIFY_SENDING_LEASE_S={settings.sending_lease_s:g} is shorter than a "
+            f"delivery may take ({LONGEST_DELIVERY_S:g}s: the time limit and the wait to record "
+            "a send through a database outage): a send in progress may be handed to another "
+            "worker and sent twice",
+            err=True,
+        )
     if settings.broker_kind != "redis" or settings.broker is None:
         return
     from crm_notify.worker.broker import redis_durability_warnings

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, select
 
+from crm_notify._outages import outage
 from crm_notify.actions.rows import firing_rows, send_reason
 from crm_notify.clock import now
 from crm_notify.commerce.models import Cart, Order
@@ -265,9 +266,12 @@ class Intake:
         if result.notification_ids and self._enqueue is not None:
             try:
                 self._enqueue(result.notification_ids)
-            except Exception:  # the relay re-enqueues pending rows; the events are stored
-                logger.exception(
-                    "enqueue failed; %d notifications left for the relay",
+            except Exception as exc:  # the relay re-enqueues pending rows; the events are stored
+                down = outage(exc)
+                log = logger.warning if down else logger.exception
+                log(
+                    "enqueue failed%s; %d notifications left for the relay",
+                    f" ({down})" if down else "",
                     len(result.notification_ids),
                 )
         return result

@@ -64,6 +64,7 @@ from crm_notify.rules.durations import format_duration
 from crm_notify.rules.engine import RuleSet
 from crm_notify.unsubscribe.headers import list_unsubscribe_headers, plain_list_unsubscribe
 from crm_notify.unsubscribe.links import UnsubscribeLinks
+from crm_notify.worker.broker import DELIVERY_TIME_LIMIT_MS
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,9 @@ def retry_backoff(
 
 #: Seconds to wait between attempts to record a send the provider accepted.
 MARK_SENT_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+#: The longest one delivery may take: Dramatiq's time limit of a delivery, then the wait to
+#: record it; ``CRM_NOTIFY_SENDING_LEASE_S`` should be longer (``crm-notify`` warns if not).
+LONGEST_DELIVERY_S = DELIVERY_TIME_LIMIT_MS / 1000 + sum(MARK_SENT_RETRY_DELAYS_S)
 
 #: Length of the ``subject`` column (the header itself is folded, not cut).
 SUBJECT_COLUMN_CHARS = 998

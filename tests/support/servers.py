@@ -1,5 +1,5 @@
-"""Real servers on 127.0.0.1 for tests: a private Redis or RabbitMQ, an SMTP sink, and an ASGI
-app under uvicorn in a thread."""
+"""Real servers on 127.0.0.1 for tests: a private Redis, PostgreSQL or RabbitMQ, an SMTP sink,
+and an ASGI app under uvicorn in a thread."""
 
 from __future__ import annotations
 
@@ -74,11 +74,23 @@ def redis_server_binary() -> str:
 
 class PrivateRedis:
     """A ``redis-server`` started on a free port with a throw-away directory (``options``:
-    more ``--name value`` settings, e.g. ``{"appendonly": "yes"}``)."""
+    more ``--name value`` settings, e.g. ``{"appendonly": "yes"}``).
+
+    :meth:`kill` and :meth:`start` stop and start it again on the same port and directory, with
+    the same options: with ``appendonly="yes"`` what it held comes back from its append-only
+    file; without, it comes back empty.
+    """
 
     def __init__(self, **options: str) -> None:
         self.port = free_port()
+        self._options = options
         self._dir = tempfile.mkdtemp(prefix="crm-notify-redis-")
+        self._process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        """Start the server (again) and wait until it accepts connections."""
+        assert self._process is None or self._process.poll() is not None, "already running"
         self._process = subprocess.Popen(
             [
                 redis_server_binary(),
@@ -92,7 +104,7 @@ class PrivateRedis:
                 "no",
                 "--dir",
                 self._dir,
-                *[part for name, value in options.items() for part in (f"--{name}", value)],
+                *[part for name, value in self._options.items() for part in (f"--{name}", value)],
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -103,14 +115,126 @@ class PrivateRedis:
                 raise RuntimeError("private redis-server did not start")
             time.sleep(0.05)
 
+    def kill(self) -> None:
+        """Kill the server outright (SIGKILL), as a crash would; :meth:`start` brings it back."""
+        assert self._process is not None
+        self._process.kill()
+        self._process.wait(timeout=10)
+
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def stop(self) -> None:
-        self._process.terminate()
-        self._process.wait(timeout=10)
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def postgres_bin_dir() -> Path | None:
+    """The folder of Debian's PostgreSQL server programs (``initdb``, ``pg_ctl``), the newest
+    installed version; ``None`` when there is none."""
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
+        key=lambda path: int(path.parent.parent.name) if path.parent.parent.name.isdigit() else 0,
+    )
+    if found:
+        return found[-1].parent
+    on_path = shutil.which("pg_ctl")
+    return Path(on_path).parent if on_path else None
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of its own on a free port, in a throw-away directory (Debian's
+    ``initdb`` and ``pg_ctl``), trusting local connections as ``postgres``.
+
+    PostgreSQL refuses to run as root: when the tests do, the programs run as the ``postgres``
+    user (``runuser``), which owns the directory. ``fsync`` is off: the tests crash the server,
+    never the machine. :meth:`crash` stops it at once (``pg_ctl stop -m immediate``: every
+    connection is cut and the next start recovers from the write-ahead log, as after a
+    crash); :meth:`start` brings it back on the same port with the same data.
+
+    Raises:
+        RuntimeError: no PostgreSQL server programs are installed, or the cluster did not start.
+    """
+
+    def __init__(self) -> None:
+        bin_dir = postgres_bin_dir()
+        if bin_dir is None:
+            raise RuntimeError(
+                "no PostgreSQL server programs (initdb, pg_ctl): install Debian's postgresql"
+            )
+        self._bin = bin_dir
+        self.port = free_port()
+        self._dir = Path(tempfile.mkdtemp(prefix="crm-notify-postgres-"))
+        self._as_user: list[str] = []
+        if os.geteuid() == 0:
+            import pwd
+
+            user = pwd.getpwnam("postgres")
+            os.chown(self._dir, user.pw_uid, user.pw_gid)
+            self._as_user = ["runuser", "-u", "postgres", "--"]
+        self._data = self._dir / "data"
+        self._run(
+            "initdb",
+            "-D",
+            str(self._data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
+        self.start()
+
+    def _run(self, program: str, *args: str) -> None:
+        result = subprocess.run(
+            [*self._as_user, str(self._bin / program), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if result.returncode != 0:
+            log = self._dir / "server.log"
+            tail = log.read_text()[-2000:] if log.exists() else ""
+            raise RuntimeError(f"{program} failed: {result.stderr or result.stdout}\n{tail}")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        options = (
+            f"-p {self.port} -k {self._dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c full_page_writes=off -c max_connections=200"
+        )
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self._data),
+            "-o",
+            options,
+            "-l",
+            str(self._dir / "server.log"),
+            "-w",
+            "start",
+        )
+
+    def crash(self) -> None:
+        """Stop the server at once, as a crash would (no checkpoint, connections cut)."""
+        self._run("pg_ctl", "-D", str(self._data), "-m", "immediate", "-w", "stop")
+
+    def stop(self) -> None:
+        """Stop the server and delete its directory."""
+        try:
+            if (self._data / "postmaster.pid").exists():
+                self._run("pg_ctl", "-D", str(self._data), "-m", "immediate", "-w", "stop")
+        finally:
+            shutil.rmtree(self._dir, ignore_errors=True)
 
 
 #: Debian's RabbitMQ server script (the one in /usr/sbin drops to the rabbitmq user).
@@ -228,9 +352,10 @@ class SmtpSink:
         return f"smtp://{self.host}:{self.port}"
 
 
-def start_smtp_sink() -> tuple[SmtpSink, Controller]:
-    """Start an aiosmtpd controller on a free loopback port."""
-    sink = SmtpSink()
+def start_smtp_sink(sink: SmtpSink | None = None) -> tuple[SmtpSink, Controller]:
+    """Start an aiosmtpd controller on a free loopback port, handled by ``sink`` (a new
+    :class:`SmtpSink` by default)."""
+    sink = sink or SmtpSink()
     controller = Controller(sink, hostname="127.0.0.1", port=free_port(), enable_SMTPUTF8=True)
     controller.start()
     sink.port = controller.port

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -41,13 +43,24 @@ def service_env(base: dict[str, str]) -> dict[str, str]:
 
 
 class ServiceProcess:
-    """``crm-notify serve`` on a free port, stopped with SIGTERM."""
+    """``crm-notify serve`` on a free port (or ``port``), stopped with SIGTERM.
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = free_port()
+    ``command`` replaces the ``crm-notify`` program (e.g. a wrapper that injects a fault and
+    then runs the same command line).
+    """
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        *,
+        port: int | None = None,
+        command: Sequence[str] = (CRM_NOTIFY,),
+    ) -> None:
+        self.port = port or free_port()
         self._log = log_path.open("w")
         self.process = subprocess.Popen(
-            [CRM_NOTIFY, "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            [*command, "serve", "--host", "127.0.0.1", "--port", str(self.port)],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -78,15 +91,23 @@ class ServiceProcess:
                 self.process.wait()
         self._log.close()
 
+    def kill(self) -> None:
+        """Kill the process outright (SIGKILL): no request finishes, nothing is cleaned up."""
+        self.process.kill()
+        self.process.wait()
+        self._log.close()
+
 
 class WorkerProcess:
     """``crm-notify worker`` (Dramatiq worker processes on Redis or RabbitMQ)."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, *, processes: int = 1) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, *, processes: int = 1, threads: int = 2
+    ) -> None:
         self._log = log_path.open("w")
         self.log_path = log_path
         self.process = subprocess.Popen(
-            [CRM_NOTIFY, "worker", "--processes", str(processes), "--threads", "2"],
+            [CRM_NOTIFY, "worker", "--processes", str(processes), "--threads", str(threads)],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -101,4 +122,49 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        self._log.close()
+
+    def kill(self) -> None:
+        """Kill the main process and its worker processes outright (SIGKILL to the group)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self._log.close()
+
+
+class SchedulerProcess:
+    """``crm-notify scheduler`` (a standalone scheduler); ``command`` as for
+    :class:`ServiceProcess`."""
+
+    def __init__(
+        self, env: dict[str, str], log_path: Path, *, command: Sequence[str] = (CRM_NOTIFY,)
+    ) -> None:
+        self._log = log_path.open("w")
+        self.log_path = log_path
+        self.process = subprocess.Popen(
+            [*command, "scheduler"], env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        """Wait until the scheduler has started its passes."""
+        deadline = time.monotonic() + timeout_s
+        while "scheduler running" not in self.log_path.read_text():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"scheduler did not start:\n{self.log_path.read_text()}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+    def kill(self) -> None:
+        """Kill the process outright (SIGKILL): its open transaction is never committed."""
+        self.process.kill()
+        self.process.wait()
         self._log.close()

@@ -113,8 +113,52 @@ def test_the_commands_say_what_a_broker_lacks(tmp_path: Path, redis_server_url: 
     server = PrivateRedis(appendonly="no")
     try:
         env["CRM_NOTIFY_BROKER_URL"] = server.url
+        env["CRM_NOTIFY_SENDING_LEASE_S"] = "30"
         run_cli(env, "db", "upgrade")
         started = run_cli(env, "scheduler", "--once")
     finally:
         server.stop()
     assert "warning: Redis has no append-only file (appendonly no)" in started.stderr
+    # And so is a lease shorter than a delivery may take (a send in progress sent twice)
+    assert "warning: CRM_NOTIFY_SENDING_LEASE_S=30 is shorter than a delivery" in started.stderr
+
+
+def test_an_outage_is_one_line_in_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    import redis
+    import sqlalchemy.exc
+
+    from crm_notify._outages import outage
+    from crm_notify._periodic import Periodic
+
+    # Outages are recognised, also as the cause of another error; bugs are not
+    down = redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6399.")
+    assert (
+        outage(down)
+        == "Redis unavailable (ConnectionError: Error 111 connecting to 127.0.0.1:6399.)"
+    )
+    try:
+        try:
+            raise down
+        except redis.exceptions.ConnectionError as exc:
+            raise RuntimeError("enqueue failed") from exc
+    except RuntimeError as wrapped:
+        assert outage(wrapped) is not None
+    database = sqlalchemy.exc.OperationalError("SELECT 1", {"email": "x"}, OSError("refused"))
+    assert outage(database) == "database unavailable (OSError: refused)"
+    assert outage(ValueError("a bug")) is None
+
+    # A background pass failing on an outage logs one line, without a traceback
+    class Failing(Periodic):
+        def run_once(self) -> None:
+            raise down
+
+    passes = Failing(interval_s=0.05, name="test-pass")
+    with caplog.at_level(logging.WARNING, logger="crm_notify._periodic"):
+        passes.start()
+        time.sleep(0.3)
+        passes.stop()
+    records = [r for r in caplog.records if r.name == "crm_notify._periodic"]
+    assert records and all(r.exc_info is None for r in records)
+    assert "test-pass pass failed, Redis unavailable" in records[0].getMessage()
