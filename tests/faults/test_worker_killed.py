@@ -1,5 +1,5 @@
-"""Fault injection: ``crm-notify worker`` killed with SIGKILL in the middle of sends (Redis
-broker, SMTP sink)."""
+"""Fault injection: ``crm-notify worker`` killed with SIGKILL in the middle of sends (Redis and
+RabbitMQ brokers, SMTP sink)."""
 
 from __future__ import annotations
 
@@ -26,20 +26,22 @@ from tests.support.service import ServiceProcess, WorkerProcess
 pytestmark = pytest.mark.faults
 
 
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
 def test_worker_killed_mid_send_loses_nothing_and_repeats_only_what_the_esp_accepted(
     tmp_path: Path,
     engine: Engine,
     database_url: str,
-    redis_server_url: str,
-    redis_namespace: str,
+    broker: str,
+    request: pytest.FixtureRequest,
     holding_sink: HoldingSmtpSink,
     processes: Processes,
 ) -> None:
     """Two kills of the worker (one process, two threads) while it sends 64 notifications.
 
     1. Both threads are inside an SMTP transaction the ESP has not accepted (held at RCPT):
-       their rows are left ``sending``, and the messages the process had prefetched from
-       Redis are gone with it. The relay requeues them after the lease; each is sent once.
+       their rows are left ``sending``, and the messages the process had prefetched are gone
+       with it (Redis) or handed to the next worker (RabbitMQ). The relay requeues the
+       ``sending`` rows after the lease; each is sent once.
     2. One thread's message has been accepted (the sink recorded it) but the "250" has not
        reached the worker, the other thread is held at RCPT: the design's one duplicate
        window (README, Delivery). That message is sent again after the lease, and the repeat
@@ -52,12 +54,18 @@ def test_worker_killed_mid_send_loses_nothing_and_repeats_only_what_the_esp_acce
     # Given a service, one worker and a slightly slow ESP
     population = Population("wk", 24)
     key = set_up_database(engine, population)
+    if broker == "redis":
+        broker_settings = {
+            "CRM_NOTIFY_REDIS_URL": request.getfixturevalue("redis_server_url"),
+            "CRM_NOTIFY_REDIS_NAMESPACE": request.getfixturevalue("redis_namespace"),
+        }
+    else:  # RabbitMQ hands a dead worker's unacknowledged messages to another at once
+        broker_settings = {
+            "CRM_NOTIFY_BROKER_URL": request.getfixturevalue("rabbitmq_url"),
+            "CRM_NOTIFY_QUEUE_NAME": request.getfixturevalue("rabbitmq_queue"),
+        }
     env = fault_env(
-        tmp_path,
-        database_url=database_url,
-        esp_url=holding_sink.url,
-        CRM_NOTIFY_REDIS_URL=redis_server_url,
-        CRM_NOTIFY_REDIS_NAMESPACE=redis_namespace,
+        tmp_path, database_url=database_url, esp_url=holding_sink.url, **broker_settings
     )
     holding_sink.rcpt_delay_s = 0.05
     service = processes.add(ServiceProcess(env, tmp_path / "serve.log"))
