@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -42,7 +43,41 @@ def service_env(base: dict[str, str]) -> dict[str, str]:
     return env
 
 
-class ServiceProcess:
+class _Child:
+    """A ``crm-notify`` child process with its log file: stopped with SIGTERM (SIGKILL after
+    ``stop_timeout_s``) or killed outright; ``group``: the signals go to its process group
+    (the worker's Dramatiq processes with it)."""
+
+    process: subprocess.Popen[bytes]
+    _log: IO[str]
+    stop_timeout_s: float = 30
+    group: bool = False
+
+    def _signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if self.group:
+                os.killpg(self.process.pid, signum)
+            else:
+                self.process.send_signal(signum)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self._signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                self._signal(signal.SIGKILL)
+                self.process.wait()
+        self._log.close()
+
+    def kill(self) -> None:
+        """SIGKILL: no request finishes, no open transaction commits, nothing is cleaned up."""
+        self._signal(signal.SIGKILL)
+        self.process.wait()
+        self._log.close()
+
+
+class ServiceProcess(_Child):
     """``crm-notify serve`` on a free port (or ``port``), stopped with SIGTERM.
 
     ``command`` replaces the ``crm-notify`` program (e.g. a wrapper that injects a fault and
@@ -81,25 +116,11 @@ class ServiceProcess:
                 raise AssertionError(f"service did not start:\n{log_path.read_text()}")
             time.sleep(0.1)
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
 
-    def kill(self) -> None:
-        """Kill the process outright (SIGKILL): no request finishes, nothing is cleaned up."""
-        self.process.kill()
-        self.process.wait()
-        self._log.close()
-
-
-class WorkerProcess:
+class WorkerProcess(_Child):
     """``crm-notify worker`` (Dramatiq worker processes on Redis or RabbitMQ)."""
+
+    group = True
 
     def __init__(
         self, env: dict[str, str], log_path: Path, *, processes: int = 1, threads: int = 2
@@ -114,27 +135,12 @@ class WorkerProcess:
             start_new_session=True,
         )
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self._log.close()
 
-    def kill(self) -> None:
-        """Kill the main process and its worker processes outright (SIGKILL to the group)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-        self._log.close()
-
-
-class SchedulerProcess:
+class SchedulerProcess(_Child):
     """``crm-notify scheduler`` (a standalone scheduler); ``command`` as for
     :class:`ServiceProcess`."""
+
+    stop_timeout_s = 60
 
     def __init__(
         self, env: dict[str, str], log_path: Path, *, command: Sequence[str] = (CRM_NOTIFY,)
@@ -152,19 +158,3 @@ class SchedulerProcess:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"scheduler did not start:\n{self.log_path.read_text()}")
             time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-
-    def kill(self) -> None:
-        """Kill the process outright (SIGKILL): its open transaction is never committed."""
-        self.process.kill()
-        self.process.wait()
-        self._log.close()
