@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -124,6 +125,46 @@ def rabbitmq_queue(rabbitmq_url: str) -> Iterator[str]:
     for queue in (name, f"{name}.DQ", f"{name}.XQ"):
         channel.queue_delete(queue)
     connection.close()
+
+
+@dataclass(frozen=True)
+class SharedBroker:
+    """The broker a test's processes share: its kind and the settings that name it (a Redis
+    key namespace, or a RabbitMQ queue, of the test's own)."""
+
+    kind: str
+    settings: dict[str, str]
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The settings as the environment of ``crm-notify serve``, ``worker``, ``scheduler``."""
+        return {f"CRM_NOTIFY_{name.upper()}": value for name, value in self.settings.items()}
+
+
+#: The brokers the tests that need one run on, each in turn.
+BROKERS = ("redis", "rabbitmq")
+
+
+@pytest.fixture(params=BROKERS)
+def broker(request: pytest.FixtureRequest) -> SharedBroker:
+    """Each broker in turn: Redis (``CRM_NOTIFY_REDIS_URL``, as most set-ups name it) and
+    RabbitMQ (``CRM_NOTIFY_BROKER_URL``). A test for one of them only takes
+    ``@pytest.mark.parametrize("broker", ["redis"], indirect=True)``."""
+    if request.param == "redis":
+        return SharedBroker(
+            "redis",
+            {
+                "redis_url": request.getfixturevalue("redis_server_url"),
+                "redis_namespace": request.getfixturevalue("redis_namespace"),
+            },
+        )
+    return SharedBroker(
+        "rabbitmq",
+        {
+            "broker_url": request.getfixturevalue("rabbitmq_url"),
+            "queue_name": request.getfixturevalue("rabbitmq_queue"),
+        },
+    )
 
 
 @pytest.fixture

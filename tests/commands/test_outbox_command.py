@@ -27,6 +27,7 @@ from crm_notify.config import Settings
 from crm_notify.guards.suppression import suppress
 from crm_notify.outbox.models import Notification
 from crm_notify.runtime import Runtime
+from tests.conftest import SharedBroker
 from tests.esp._api_server import Answer, ApiServer
 from tests.outbox._outbox_support import (
     add_notification,
@@ -230,20 +231,11 @@ def test_the_guards_run_again_so_a_replay_can_still_be_cancelled(
     assert len(api.requests) == requests
 
 
-def test_with_redis_a_replay_is_queued_for_the_workers(
-    make_settings: Callable[..., Settings],
-    api: ApiServer,
-    redis_server_url: str,
-    redis_namespace: str,
+def test_with_a_broker_a_replay_is_queued_for_the_workers(
+    make_settings: Callable[..., Settings], api: ApiServer, broker: SharedBroker
 ) -> None:
-    # Given Redis as the broker and a dead-lettered notification
-    settings = sendgrid_settings(
-        make_settings,
-        api,
-        delivery_max_age="10m",
-        redis_url=redis_server_url,
-        redis_namespace=redis_namespace,
-    )
+    # Given a broker (Redis, RabbitMQ) and a dead-lettered notification
+    settings = sendgrid_settings(make_settings, api, delivery_max_age="10m", **broker.settings)
     runtime = Runtime.from_settings(settings)
     try:
         nid = dead_letter(Setup(settings, runtime))

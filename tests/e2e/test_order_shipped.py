@@ -14,7 +14,7 @@ import httpx
 import pytest
 from segment.analytics.client import Client as SegmentClient
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SharedBroker
 from tests.support.servers import SmtpSink
 from tests.support.service import ServiceProcess, WorkerProcess, run_cli, service_env
 
@@ -136,27 +136,11 @@ def test_service_rejects_bad_keys_and_bad_input_and_keeps_serving(
     assert "/v1/batch" in httpx.get(f"{url}/openapi.json").json()["paths"]
 
 
-@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
 def test_segment_sdk_order_shipped_through_broker_workers(
-    broker: str,
-    request: pytest.FixtureRequest,
-    base_env: dict[str, str],
-    tmp_path: Path,
-    smtp_sink: SmtpSink,
+    broker: SharedBroker, base_env: dict[str, str], tmp_path: Path, smtp_sink: SmtpSink
 ) -> None:
     # Given the service and a separate worker process sharing a broker
-    if broker == "redis":
-        env = dict(
-            base_env,
-            CRM_NOTIFY_REDIS_URL=request.getfixturevalue("redis_server_url"),
-            CRM_NOTIFY_REDIS_NAMESPACE=request.getfixturevalue("redis_namespace"),
-        )
-    else:
-        env = dict(
-            base_env,
-            CRM_NOTIFY_BROKER_URL=request.getfixturevalue("rabbitmq_url"),
-            CRM_NOTIFY_QUEUE_NAME=request.getfixturevalue("rabbitmq_queue"),
-        )
+    env = dict(base_env, **broker.env)
     service = ServiceProcess(env, tmp_path / "serve.log")
     worker = WorkerProcess(env, tmp_path / "worker.log")
     try:

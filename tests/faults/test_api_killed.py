@@ -1,5 +1,5 @@
 """Fault injection: ``crm-notify serve`` (the API) killed with SIGKILL while a client sends
-batches (Redis broker, a worker process, SMTP sink)."""
+batches (Redis and RabbitMQ brokers, a worker process, SMTP sink)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 
+from tests.conftest import SharedBroker
 from tests.faults._harness import (
     Client,
     Population,
@@ -35,8 +36,7 @@ def test_api_killed_mid_batch_stores_each_event_once_and_sends_each_notification
     tmp_path: Path,
     engine: Engine,
     database_url: str,
-    redis_server_url: str,
-    redis_namespace: str,
+    broker: SharedBroker,
     smtp_sink: SmtpSink,
     processes: Processes,
 ) -> None:
@@ -59,8 +59,7 @@ def test_api_killed_mid_batch_stores_each_event_once_and_sends_each_notification
         tmp_path,
         database_url=database_url,
         esp_url=smtp_sink.url,
-        CRM_NOTIFY_REDIS_URL=redis_server_url,
-        CRM_NOTIFY_REDIS_NAMESPACE=redis_namespace,
+        **broker.env,
     )
     port = free_port()
     marker = tmp_path / "stalled"

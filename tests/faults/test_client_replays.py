@@ -1,5 +1,5 @@
 """Fault injection: a client that delivers the same events twice or three times, out of
-order, to two API processes at once (Redis broker, a worker process, SMTP sink)."""
+order, to two API processes at once (Redis and RabbitMQ brokers, a worker process, SMTP sink)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 
+from tests.conftest import SharedBroker
 from tests.faults._harness import (
     Client,
     Population,
@@ -38,8 +39,7 @@ def test_events_sent_twice_and_out_of_order_notify_once(
     tmp_path: Path,
     engine: Engine,
     database_url: str,
-    redis_server_url: str,
-    redis_namespace: str,
+    broker: SharedBroker,
     smtp_sink: SmtpSink,
     processes: Processes,
 ) -> None:
@@ -58,8 +58,7 @@ def test_events_sent_twice_and_out_of_order_notify_once(
         tmp_path,
         database_url=database_url,
         esp_url=smtp_sink.url,
-        CRM_NOTIFY_REDIS_URL=redis_server_url,
-        CRM_NOTIFY_REDIS_NAMESPACE=redis_namespace,
+        **broker.env,
     )
     apis = [processes.add(ServiceProcess(env, tmp_path / f"serve-{n}.log")) for n in (1, 2)]
     processes.add(WorkerProcess(env, tmp_path / "worker.log"))

@@ -1,5 +1,5 @@
 """Fault injection: PostgreSQL crashes and restarts under the API, a worker, the relay and the
-scheduler (a private PostgreSQL cluster; Redis broker; SMTP sink)."""
+scheduler (a private PostgreSQL cluster; Redis and RabbitMQ brokers; SMTP sink)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 
 from crm_notify.db import make_engine
 from crm_notify.migrations import upgrade
+from tests.conftest import SharedBroker
 from tests.faults._harness import (
     Client,
     HoldingSmtpSink,
@@ -58,8 +59,7 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 def test_postgres_crash_and_restart_loses_and_repeats_nothing(
     tmp_path: Path,
     private_postgres: PrivatePostgres,
-    redis_server_url: str,
-    redis_namespace: str,
+    broker: SharedBroker,
     holding_sink: HoldingSmtpSink,
     processes: Processes,
 ) -> None:
@@ -83,8 +83,7 @@ def test_postgres_crash_and_restart_loses_and_repeats_nothing(
         tmp_path,
         database_url=url,
         esp_url=holding_sink.url,
-        CRM_NOTIFY_REDIS_URL=redis_server_url,
-        CRM_NOTIFY_REDIS_NAMESPACE=redis_namespace,
+        **broker.env,
         CRM_NOTIFY_SENDING_LEASE_S=str(LEASE_S),
     )
     service = processes.add(ServiceProcess(env, tmp_path / "serve.log"))

@@ -1,6 +1,6 @@
 """Fault injection: three schedulers (two standalone ones and the API's) and two worker
-processes racing on the same due timers and the same per-contact caps (Redis broker, SMTP
-sink)."""
+processes racing on the same due timers and the same per-contact caps (Redis and RabbitMQ
+brokers, SMTP sink)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from tests.conftest import SharedBroker
 from tests.faults._harness import (
     Client,
     Population,
@@ -49,8 +50,7 @@ def test_racing_schedulers_fire_each_timer_once_and_keep_the_caps(
     tmp_path: Path,
     engine: Engine,
     database_url: str,
-    redis_server_url: str,
-    redis_namespace: str,
+    broker: SharedBroker,
     smtp_sink: SmtpSink,
     processes: Processes,
 ) -> None:
@@ -69,8 +69,7 @@ def test_racing_schedulers_fire_each_timer_once_and_keep_the_caps(
         tmp_path,
         database_url=database_url,
         esp_url=smtp_sink.url,
-        CRM_NOTIFY_REDIS_URL=redis_server_url,
-        CRM_NOTIFY_REDIS_NAMESPACE=redis_namespace,
+        **broker.env,
     )
     trace = tmp_path / "fires"
     traced = dict(env, FAULT_TRACE=str(trace))

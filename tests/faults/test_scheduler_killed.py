@@ -1,5 +1,5 @@
 """Fault injection: a standalone ``crm-notify scheduler`` killed with SIGKILL in the middle of
-firing due timers (Redis broker, a worker process, SMTP sink)."""
+firing due timers (Redis and RabbitMQ brokers, a worker process, SMTP sink)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from tests.conftest import SharedBroker
 from tests.faults._harness import (
     Client,
     Population,
@@ -44,8 +45,7 @@ def test_scheduler_killed_mid_fire_fires_every_timer_once_on_the_next_pass(
     tmp_path: Path,
     engine: Engine,
     database_url: str,
-    redis_server_url: str,
-    redis_namespace: str,
+    broker: SharedBroker,
     smtp_sink: SmtpSink,
     processes: Processes,
 ) -> None:
@@ -64,8 +64,7 @@ def test_scheduler_killed_mid_fire_fires_every_timer_once_on_the_next_pass(
         tmp_path,
         database_url=database_url,
         esp_url=smtp_sink.url,
-        CRM_NOTIFY_REDIS_URL=redis_server_url,
-        CRM_NOTIFY_REDIS_NAMESPACE=redis_namespace,
+        **broker.env,
     )
     service = processes.add(
         ServiceProcess(dict(env, CRM_NOTIFY_SCHEDULER_INTERVAL="3600"), tmp_path / "serve.log")

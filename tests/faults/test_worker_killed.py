@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 
+from tests.conftest import SharedBroker
 from tests.faults._harness import (
     Client,
     HoldingSmtpSink,
@@ -26,13 +27,11 @@ from tests.support.service import ServiceProcess, WorkerProcess
 pytestmark = pytest.mark.faults
 
 
-@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
 def test_worker_killed_mid_send_loses_nothing_and_repeats_only_what_the_esp_accepted(
     tmp_path: Path,
     engine: Engine,
     database_url: str,
-    broker: str,
-    request: pytest.FixtureRequest,
+    broker: SharedBroker,
     holding_sink: HoldingSmtpSink,
     processes: Processes,
 ) -> None:
@@ -54,19 +53,7 @@ def test_worker_killed_mid_send_loses_nothing_and_repeats_only_what_the_esp_acce
     # Given a service, one worker and a slightly slow ESP
     population = Population("wk", 24)
     key = set_up_database(engine, population)
-    if broker == "redis":
-        broker_settings = {
-            "CRM_NOTIFY_REDIS_URL": request.getfixturevalue("redis_server_url"),
-            "CRM_NOTIFY_REDIS_NAMESPACE": request.getfixturevalue("redis_namespace"),
-        }
-    else:  # RabbitMQ hands a dead worker's unacknowledged messages to another at once
-        broker_settings = {
-            "CRM_NOTIFY_BROKER_URL": request.getfixturevalue("rabbitmq_url"),
-            "CRM_NOTIFY_QUEUE_NAME": request.getfixturevalue("rabbitmq_queue"),
-        }
-    env = fault_env(
-        tmp_path, database_url=database_url, esp_url=holding_sink.url, **broker_settings
-    )
+    env = fault_env(tmp_path, database_url=database_url, esp_url=holding_sink.url, **broker.env)
     holding_sink.rcpt_delay_s = 0.05
     service = processes.add(ServiceProcess(env, tmp_path / "serve.log"))
     worker = processes.add(WorkerProcess(env, tmp_path / "worker-1.log"))

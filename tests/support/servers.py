@@ -243,7 +243,11 @@ RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 
 class PrivateRabbitMQ:
     """A RabbitMQ node of its own (Debian's ``rabbitmq-server``) on free ports, with a
-    throw-away directory; ``guest``/``guest`` on loopback."""
+    throw-away directory; ``guest``/``guest`` on loopback.
+
+    :meth:`kill` and :meth:`start` stop and start it again as the same node, on the same ports
+    and data directory: its durable queues and persistent messages come back.
+    """
 
     def __init__(self) -> None:
         if not RABBITMQ_SERVER.exists():
@@ -252,7 +256,7 @@ class PrivateRabbitMQ:
             )
         self.port = free_port()
         self._dir = Path(tempfile.mkdtemp(prefix="crm-notify-rabbitmq-"))
-        env = {
+        self._env = {
             **os.environ,
             "HOME": str(self._dir),
             "RABBITMQ_NODENAME": f"crm-notify-test-{self.port}@localhost",
@@ -265,10 +269,21 @@ class PrivateRabbitMQ:
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(self._dir / "plugins"),
             "RABBITMQ_CONFIG_FILE": str(self._dir / "rabbitmq"),
         }
-        self._log = (self._dir / "server.log").open("w")
+        self._log = (self._dir / "server.log").open("a")
+        self._process: subprocess.Popen[bytes] | None = None
+        try:
+            self.start()
+        except RuntimeError:
+            self.stop()
+            raise
+
+    def start(self) -> None:
+        """Start the node (again) and wait until it accepts AMQP connections (after it has
+        loaded its queues)."""
+        assert self._process is None or self._process.poll() is not None, "already running"
         self._process = subprocess.Popen(
             [str(RABBITMQ_SERVER)],
-            env=env,
+            env=self._env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -276,16 +291,24 @@ class PrivateRabbitMQ:
         deadline = time.monotonic() + 90
         while not port_open("127.0.0.1", self.port):
             if time.monotonic() > deadline or self._process.poll() is not None:
-                self.stop()
                 raise RuntimeError("the private RabbitMQ node did not start")
             time.sleep(0.2)
+
+    def kill(self) -> None:
+        """Kill the node outright (SIGKILL to its process group), as a crash would."""
+        assert self._process is not None
+        os.killpg(self._process.pid, signal.SIGKILL)
+        self._process.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while port_open("127.0.0.1", self.port) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
 
     def stop(self) -> None:
-        if self._process.poll() is None:
+        if self._process is not None and self._process.poll() is None:
             os.killpg(self._process.pid, signal.SIGTERM)
             try:
                 self._process.wait(timeout=30)

@@ -20,6 +20,7 @@ from crm_notify.migrations import upgrade
 from crm_notify.outbox.models import Notification
 from crm_notify.runtime import Runtime
 from crm_notify.worker.broker import redis_durability_warnings
+from tests.conftest import SharedBroker
 from tests.support.servers import PrivateRedis, SmtpSink, free_port
 
 
@@ -61,21 +62,11 @@ def test_a_durable_redis_passes_and_an_unreachable_one_is_said() -> None:
     assert line.startswith("could not check Redis's persistence settings (ConnectionError")
 
 
-@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
 def test_a_notification_goes_through_each_broker(
-    broker: str,
-    request: pytest.FixtureRequest,
-    make_settings: Any,
-    smtp_sink: SmtpSink,
+    broker: SharedBroker, make_settings: Any, smtp_sink: SmtpSink
 ) -> None:
     # Given a service whose deliveries go through a real broker, consumed by a Dramatiq worker
-    if broker == "redis":
-        url = request.getfixturevalue("redis_server_url")
-        values = {"broker_url": url, "redis_namespace": request.getfixturevalue("redis_namespace")}
-    else:
-        url = request.getfixturevalue("rabbitmq_url")
-        values = {"broker_url": url, "queue_name": request.getfixturevalue("rabbitmq_queue")}
-    runtime = Runtime.from_settings(make_settings(esp_url=smtp_sink.url, **values))
+    runtime = Runtime.from_settings(make_settings(esp_url=smtp_sink.url, **broker.settings))
     upgrade(runtime.engine)
     worker = dramatiq.Worker(runtime.broker, worker_threads=2, worker_timeout=100)
     worker.start()

@@ -1,16 +1,20 @@
-"""Fault injection: the Redis broker killed, down for a while, and restarted (a private
-``redis-server``; the API, a worker and the relay keep running)."""
+"""Fault injection: the broker killed, down for a while, and restarted (a private
+``redis-server`` or RabbitMQ node; never the machine's own)."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import pika
 import pytest
 import redis
 from sqlalchemy.engine import Engine
 
+from crm_notify.worker.actors import QUEUE_NAME
 from tests.faults._harness import (
     Client,
     Population,
@@ -22,19 +26,44 @@ from tests.faults._harness import (
     wait_until,
 )
 from tests.faults.conftest import Processes, one_database
-from tests.support.servers import PrivateRedis, SmtpSink
+from tests.support.servers import PrivateRabbitMQ, PrivateRedis, SmtpSink
 from tests.support.service import ServiceProcess, WorkerProcess
 
 pytestmark = pytest.mark.faults
 
-#: How long Redis stays down while events keep arriving (the issue's figure).
+#: How long the broker stays down while events keep arriving (the issue's figure).
 OUTAGE_S = 30.0
 
 
+@dataclass
+class RestartableBroker:
+    """A private broker server and the settings that point crm-notify at it."""
+
+    server: PrivateRedis | PrivateRabbitMQ
+    env: dict[str, str]
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def durable_broker(request: pytest.FixtureRequest) -> RestartableBroker:
+    """A private Redis with an append-only file fsynced every write, or a private RabbitMQ node
+    (durable queues, persistent messages): each keeps its messages through a crash."""
+    if request.param == "rabbitmq":
+        rabbitmq: PrivateRabbitMQ = request.getfixturevalue("private_rabbitmq")
+        return RestartableBroker(rabbitmq, {"CRM_NOTIFY_BROKER_URL": rabbitmq.url})
+    redis_server = PrivateRedis(appendonly="yes", appendfsync="always")
+    request.addfinalizer(redis_server.stop)
+    return RestartableBroker(redis_server, {"CRM_NOTIFY_REDIS_URL": redis_server.url})
+
+
 @pytest.fixture
-def durable_redis() -> Iterator[PrivateRedis]:
-    """A private Redis with an append-only file, fsynced every write."""
-    server = PrivateRedis(appendonly="yes", appendfsync="always")
+def private_rabbitmq() -> Iterator[PrivateRabbitMQ]:
+    """A private RabbitMQ node (skipped outside CI where Debian's rabbitmq-server is missing)."""
+    try:
+        server = PrivateRabbitMQ()
+    except RuntimeError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))
     yield server
     server.stop()
 
@@ -48,30 +77,28 @@ def volatile_redis() -> Iterator[PrivateRedis]:
 
 
 @one_database
-def test_events_arriving_while_redis_is_down_are_accepted_and_delivered_after_it_returns(
+def test_events_arriving_while_the_broker_is_down_are_accepted_and_delivered_after_it_returns(
     tmp_path: Path,
     engine: Engine,
     database_url: str,
-    durable_redis: PrivateRedis,
+    durable_broker: RestartableBroker,
     smtp_sink: SmtpSink,
     processes: Processes,
 ) -> None:
-    """Redis is killed (SIGKILL) and stays down for 30 seconds while the shop keeps sending a
-    batch a second; then it is started again on the same port and directory (AOF).
+    """The broker (Redis, RabbitMQ) is killed (SIGKILL) and stays down for 30 seconds while
+    the shop keeps sending a batch a second; then it is started again on the same port and
+    data directory.
 
     Every batch during the outage is acknowledged at its first attempt (the events and their
     notifications are committed; the enqueue after the commit fails and is logged), and
-    nothing is sent. After Redis returns, the relay enqueues the ``pending`` notifications
-    and the worker, which reconnects by itself, sends each exactly once.
+    nothing is sent. After the broker returns, the relay enqueues the ``pending``
+    notifications and the worker, which reconnects by itself, sends each exactly once.
     """
-    # Given a service and a worker on a Redis that persists every write
+    # Given a service and a worker on a broker that keeps its messages through a crash
     population = Population("rd", 40)
     key = set_up_database(engine, population)
     env = fault_env(
-        tmp_path,
-        database_url=database_url,
-        esp_url=smtp_sink.url,
-        CRM_NOTIFY_REDIS_URL=durable_redis.url,
+        tmp_path, database_url=database_url, esp_url=smtp_sink.url, **durable_broker.env
     )
     service = processes.add(ServiceProcess(env, tmp_path / "serve.log"))
     processes.add(WorkerProcess(env, tmp_path / "worker.log"))
@@ -83,8 +110,8 @@ def test_events_arriving_while_redis_is_down_are_accepted_and_delivered_after_it
         client.send(service.url, batch)
     wait_until("the first sends", lambda: len(smtp_sink.messages) >= 5, timeout_s=30)
 
-    # When Redis dies and the shop keeps sending for 30 seconds
-    durable_redis.kill()
+    # When the broker dies and the shop keeps sending for 30 seconds
+    durable_broker.server.kill()
     down_at = time.monotonic()
     during = batches[5:35]
     for number, batch in enumerate(during, start=1):
@@ -94,8 +121,8 @@ def test_events_arriving_while_redis_is_down_are_accepted_and_delivered_after_it
     delivered_while_down = len(smtp_sink.messages)
     waiting = count_by_status(engine)
 
-    # Then, once Redis is back, everything is delivered, exactly once
-    durable_redis.start()
+    # Then, once the broker is back, everything is delivered, exactly once
+    durable_broker.server.start()
     up_at = time.monotonic()
     for batch in batches[35:]:
         client.send(service.url, batch)
@@ -107,7 +134,7 @@ def test_events_arriving_while_redis_is_down_are_accepted_and_delivered_after_it
     print(
         f"\ndown {up_at - down_at:.0f}s: {waiting['pending']} notifications pending, "
         f"{delivered_while_down} sent before the kill, slowest answer {slowest_s:.2f}s; "
-        f"all {report.notifications} sent {recovered_s:.1f}s after Redis returned"
+        f"all {report.notifications} sent {recovered_s:.1f}s after the broker returned"
     )
 
 
@@ -156,3 +183,57 @@ def test_redis_restarted_empty_loses_queued_messages_and_the_relay_requeues_them
     recovered_s = time.monotonic() - restarted_at
     report = check_exactly_once(engine, smtp_sink, expected_keys=expected, population=population)
     print(f"\n{report.notifications} sent {recovered_s:.1f}s after Redis restarted empty")
+
+
+@one_database
+def test_rabbitmq_crashed_with_messages_queued_keeps_them(
+    tmp_path: Path,
+    engine: Engine,
+    database_url: str,
+    private_rabbitmq: PrivateRabbitMQ,
+    smtp_sink: SmtpSink,
+    processes: Processes,
+) -> None:
+    """No worker runs while 40 notifications are queued in RabbitMQ; the API is killed (so no
+    relay can queue anything again), then RabbitMQ is killed and restarted.
+
+    Each message was published persistent to a durable queue and confirmed by the node, so the
+    queue holds all of them after the crash; a worker alone (no relay runs) sends each
+    exactly once.
+    """
+    # Given notifications queued in RabbitMQ, and no worker
+    rabbitmq = private_rabbitmq
+    population = Population("rq", 24)
+    key = set_up_database(engine, population)
+    env = fault_env(
+        tmp_path,
+        database_url=database_url,
+        esp_url=smtp_sink.url,
+        CRM_NOTIFY_BROKER_URL=rabbitmq.url,
+    )
+    service = processes.add(ServiceProcess(env, tmp_path / "serve.log"))
+    calls = [population.identify(i) for i in range(population.size)]
+    calls += [population.track(i, 0) for i in range(population.size)]
+    calls += [population.identify_blocked(), population.track("blocked", 0)]
+    expected = population.expected_keys(calls)
+    Client(key).send(service.url, calls)
+    assert count_by_status(engine) == {"queued": len(expected)}
+
+    # When the API dies, and RabbitMQ crashes and restarts
+    service.kill()
+    rabbitmq.kill()
+    rabbitmq.start()
+    restarted_at = time.monotonic()
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq.url))
+    kept = connection.channel().queue_declare(QUEUE_NAME, durable=True, passive=True)
+    connection.close()
+    assert kept.method.message_count == len(expected)
+
+    # Then a worker sends each of them, once
+    processes.add(WorkerProcess(env, tmp_path / "worker.log"))
+    wait_until("every notification sent", all_sent(engine, len(expected)), timeout_s=60)
+    recovered_s = time.monotonic() - restarted_at
+    report = check_exactly_once(engine, smtp_sink, expected_keys=expected, population=population)
+    print(
+        f"\n{report.notifications} kept by RabbitMQ and sent {recovered_s:.1f}s after its restart"
+    )
