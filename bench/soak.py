@@ -2,27 +2,42 @@
 latency and memory over time.
 
 The production shape on one machine: PostgreSQL and Redis (this machine's), ``--api`` processes
-of ``crm-notify serve`` (the load generator spreads batches over them, as a load balancer
-would), ``crm-notify worker`` with ``--workers`` processes, and the SMTP sink in its own
-process. Batches of 100 calls (10 customers, 20 notifications: :mod:`bench.workload`) are
-posted on a fixed schedule for ``--rate`` events per second (open loop: a slow answer does not
-slow the schedule down) for ``--duration`` seconds; then the run waits for the backlog to drain.
+of ``crm-notify serve``, ``crm-notify worker`` with ``--workers`` processes, and the SMTP sink in
+its own process. Batches of 100 calls (10 customers, 20 notifications: :mod:`bench.workload`)
+are posted on a fixed schedule for ``--rate`` events per second for ``--duration`` seconds,
+spread over the API processes in turn (as a load balancer would); then the run waits for the
+backlog to drain. The load generator (``--generator``) is one of:
+
+- ``builtin`` (the default): a pool of ``--users`` threads in this process; batch ``i`` goes
+  out ``i * 100 / rate`` seconds after the start, open loop (a slow answer does not slow the
+  schedule down). No extra dependency, and the figures in ``docs/benchmarks.md`` came from it.
+- ``locust``: ``locust --headless`` with :mod:`bench.locustfile`, in its own process (so
+  gevent's monkey-patching stays out of this one): the same batches on the same schedule from
+  a standard tool, ``--users`` users each posting every ``--users``-th batch when due. Nearly
+  open loop: a user waits for its answer, and posts its next batch at once if that came late,
+  so the schedule holds while answers take under ``users * 100 / rate`` seconds. Needs the
+  ``bench`` extra (``pip install -e '.[bench]'``); its log is ``locust.log`` in the results.
 
 Reported: events accepted per second; messages arriving at the sink per second (over the
 load, and overall); end-to-end latency of each notification from its event's arrival
 (``event.received_at``) to the sink accepting the message, as p50/p95/p99/max; the resident
 memory of the API and worker process groups every ``--sample`` seconds; and the exactly-once
-check (each notification ``sent`` and received once). Everything started is stopped and the
+check (each notification ``sent`` and received once). With locust also its own figures, under
+``generator``: requests, failures, requests/s, HTTP response-time percentiles (milliseconds)
+and the largest delay of a batch behind its schedule. Everything started is stopped and the
 throw-away database and Redis keys are removed at the end (also on Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
+import math
 import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -39,11 +54,18 @@ import sqlalchemy as sa
 from bench import services
 from bench.load import basic_auth
 from bench.scenarios import MAIL_FROM, copy_rules
-from bench.workload import make_batches
+from bench.workload import Batch, make_batches
 from crm_notify.db import make_engine
 
 #: Calls per batch (10 customers of :mod:`bench.workload`).
 CALLS_PER_BATCH = 100
+#: The load generators: this module's thread pool, or locust (the ``bench`` extra).
+GENERATORS = ("builtin", "locust")
+#: The ``locust`` console script of this virtual environment.
+LOCUST = str(Path(sys.executable).parent / "locust")
+#: Where :mod:`bench.locustfile` finds the write key (its ``API_KEY_VARIABLE``; not imported
+#: from there, as importing locust would monkey-patch this process with gevent).
+LOCUST_API_KEY_VARIABLE = "LOCUST_SOAK_API_KEY"
 
 
 @dataclass
@@ -52,6 +74,18 @@ class Sample:
 
     at_s: float
     rss_mib: dict[str, float]
+
+
+@dataclass
+class Load:
+    """What the load generator did."""
+
+    started_at: float  # wall clock of the first request
+    seconds: float  # from the first request to the last answer
+    posted: list[int]  # indexes of the batches posted
+    accepted: int  # calls answered 200
+    errors: list[str]
+    figures: dict[str, Any] = field(default_factory=dict)  # the generator's own (locust's)
 
 
 @dataclass
@@ -65,14 +99,16 @@ class SoakResult:
     load_seconds: float = 0.0
     samples: list[Sample] = field(default_factory=list)
     figures: dict[str, Any] = field(default_factory=dict)
+    generator: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.soak",
-        description=__doc__.splitlines()[0] if __doc__ else None,
-        epilog="Example: python -m bench.soak --rate 200 --duration 300 --workers 2 --api 1. "
-        "Needs PostgreSQL and Redis on this machine (see --postgres-url, --redis-url).",
+        description=" ".join(__doc__.split("\n\n")[0].split()) if __doc__ else None,
+        epilog="Example: python -m bench.soak --rate 200 --duration 300 --workers 2 --api 1 "
+        "--generator locust. Needs PostgreSQL and Redis on this machine (see --postgres-url, "
+        "--redis-url); --generator locust needs the bench extra (pip install -e '.[bench]').",
     )
     parser.add_argument("--rate", type=float, default=200, help="events per second (200)")
     parser.add_argument("--duration", type=float, default=300, help="seconds of load (300)")
@@ -84,6 +120,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=4, help="threads per worker process (4)")
     parser.add_argument("--api", type=int, default=1, help="crm-notify serve processes (1)")
+    parser.add_argument(
+        "--generator",
+        choices=GENERATORS,
+        default="builtin",
+        help="builtin (default): a thread pool in this process posts on an exact schedule; "
+        "locust: locust --headless in its own process posts the same batches at the same rate "
+        "and reports its own request figures too",
+    )
+    parser.add_argument(
+        "--users",
+        type=int,
+        default=16,
+        help="concurrent clients: locust users, each posting every USERS-th batch, or the "
+        "built-in generator's threads (16)",
+    )
     parser.add_argument("--sample", type=float, default=10, help="seconds between memory samples")
     parser.add_argument("--drain", type=float, default=180, help="seconds to wait for the backlog")
     parser.add_argument(
@@ -117,10 +168,10 @@ def group_rss_mib(leader_pid: int) -> float:
 
 
 def post_at_rate(
-    urls: Sequence[str], api_key: str, bodies: Sequence[bytes], *, rate: float
-) -> tuple[int, list[str], float]:
-    """POST each body to ``/v1/batch`` on schedule (``rate`` events per second), spread over
-    ``urls`` in turn; return the calls accepted, the errors and the seconds it took."""
+    urls: Sequence[str], api_key: str, bodies: Sequence[bytes], *, rate: float, clients: int
+) -> Load:
+    """POST each body to ``/v1/batch`` on schedule (``rate`` events per second) from ``clients``
+    threads, spread over ``urls`` in turn."""
     interval_s = CALLS_PER_BATCH / rate
     accepted, errors, lock = 0, [], threading.Lock()
     headers = {"Authorization": basic_auth(api_key), "Content-Type": "application/json"}
@@ -146,8 +197,8 @@ def post_at_rate(
             else:
                 errors.append(error)
 
-    started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=16, thread_name_prefix="soak-client") as pool:
+    started, started_at = time.monotonic(), time.time()
+    with ThreadPoolExecutor(max_workers=clients, thread_name_prefix="soak-client") as pool:
         for index, body in enumerate(bodies):
             wait = started + index * interval_s - time.monotonic()
             if wait > 0:
@@ -156,7 +207,70 @@ def post_at_rate(
     seconds = time.monotonic() - started
     for client in opened:
         client.close()
-    return accepted, errors, seconds
+    return Load(started_at, seconds, list(range(len(bodies))), accepted, errors)
+
+
+def post_with_locust(
+    urls: Sequence[str],
+    api_key: str,
+    batches: Sequence[Batch],
+    *,
+    rate: float,
+    users: int,
+    log_dir: Path,
+) -> Load:
+    """Run ``locust --headless`` with :mod:`bench.locustfile` in its own process: the same
+    batches at ``rate`` events per second, spread over ``urls``.
+
+    Returns:
+        The schedule's figures from the locustfile's summary, with locust's own (requests,
+        failures, requests/s, response-time percentiles from its stats) in ``figures``.
+
+    Raises:
+        RuntimeError: locust posted nothing (the end of its log is in the message).
+    """
+    users = max(1, min(users, len(batches)))
+    batch_rate = rate / CALLS_PER_BATCH
+    run_time_s = math.ceil(len(batches) / batch_rate) + 60  # a bound: the run quits when done
+    batches_file, summary_file = log_dir / "locust-batches.jsonl", log_dir / "locust-summary.json"
+    batches_file.write_bytes(b"".join(b.body + b"\n" for b in batches))
+    summary_file.unlink(missing_ok=True)
+    argv = [
+        LOCUST, "-f", str(services.ROOT / "bench" / "locustfile.py"), "--headless",
+        "--users", str(users), "--spawn-rate", str(min(users, 100)),
+        "--run-time", f"{run_time_s}s", "--stop-timeout", "30", "--host", urls[0],
+        "--soak-hosts", ",".join(urls), "--soak-batches", str(batches_file),
+        "--soak-rate", repr(batch_rate), "--soak-summary", str(summary_file), "--only-summary",
+    ]  # fmt: skip
+    pythonpath = os.pathsep.join(filter(None, [str(services.ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": pythonpath, LOCUST_API_KEY_VARIABLE: api_key}
+    try:
+        # A locust past its bound is stopped on leaving the block; it writes its summary then.
+        with (
+            services.process("locust", argv, env, log_dir) as proc,
+            contextlib.suppress(subprocess.TimeoutExpired),
+        ):
+            proc.popen.wait(timeout=run_time_s + 60)
+    finally:
+        batches_file.unlink(missing_ok=True)
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    if summary.get("started_at") is None:
+        tail = proc.log_path.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"locust posted nothing (exit {proc.popen.returncode}):\n{tail}")
+    figures = {
+        "users": users,
+        "exit_code": proc.popen.returncode,
+        "schedule_lag_s_max": summary["lag_s_max"],
+        **summary["locust"],
+    }
+    return Load(
+        started_at=summary["started_at"],
+        seconds=summary["finished_at"] - summary["started_at"],
+        posted=summary["posted"],
+        accepted=summary["accepted"] * CALLS_PER_BATCH,
+        errors=summary["errors"],
+        figures=figures,
+    )
 
 
 def run(args: argparse.Namespace) -> SoakResult:
@@ -203,7 +317,7 @@ def run(args: argparse.Namespace) -> SoakResult:
         if worker is not None:
             time.sleep(args.settle)  # the workers import and connect before the clock starts
             worker.check_alive()
-        started, wall_started = time.monotonic(), time.time()
+        started = time.monotonic()
         stop = threading.Event()
 
         def sample() -> None:
@@ -214,12 +328,22 @@ def run(args: argparse.Namespace) -> SoakResult:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        accepted, errors, seconds = post_at_rate(
-            [url for url, _proc in apis], api_key, [b.body for b in batches], rate=args.rate
+        urls = [url for url, _proc in apis]
+        if args.generator == "locust":
+            load = post_with_locust(
+                urls, api_key, batches, rate=args.rate, users=args.users, log_dir=log_dir
+            )
+        else:
+            bodies = [b.body for b in batches]
+            load = post_at_rate(urls, api_key, bodies, rate=args.rate, clients=args.users)
+        result.posted = len(load.posted) * CALLS_PER_BATCH
+        result.accepted, result.errors, result.load_seconds = (
+            load.accepted,
+            load.errors,
+            load.seconds,
         )
-        result.posted = len(batches) * CALLS_PER_BATCH
-        result.accepted, result.errors, result.load_seconds = accepted, errors, seconds
-        expected = sum(b.notifications for b in batches)
+        result.generator = {"name": args.generator, **load.figures}
+        expected = sum(batches[index].notifications for index in set(load.posted))
         deadline = time.monotonic() + (args.drain if worker is not None else 0)
         while _sent(engine) < expected and time.monotonic() < deadline:
             if worker is not None:
@@ -227,7 +351,7 @@ def run(args: argparse.Namespace) -> SoakResult:
             time.sleep(1)
         stop.set()
         sampler.join()
-        result.figures = _figures(engine, sink, result, expected, wall_started=wall_started)
+        result.figures = _figures(engine, sink, result, expected, wall_started=load.started_at)
     return result
 
 
@@ -284,6 +408,7 @@ def _figures(
     first_rss = result.samples[0].rss_mib if result.samples else {}
     last_rss = result.samples[-1].rss_mib if result.samples else {}
     return {
+        "generator": result.generator,
         "events_posted": result.posted,
         "events_accepted": result.accepted,
         "request_errors": len(result.errors),
@@ -312,10 +437,13 @@ def _figures(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.generator == "locust" and not Path(LOCUST).exists():
+        sys.exit("--generator locust needs the bench extra: pip install -e '.[bench]'")
     services.exit_on_signals()
     print(
         f"soak: {args.rate:g} events/s for {args.duration:g}s, {args.api} API, "
-        f"{args.workers} worker processes x {args.threads} threads, {os.cpu_count()} cores",
+        f"{args.workers} worker processes x {args.threads} threads, {os.cpu_count()} cores, "
+        f"load from {args.generator}",
         flush=True,
     )
     result = run(args)
