@@ -6,9 +6,12 @@
 
 The ``*-guards`` modes are profiled on their own, with the guarded workload.
 
-Each runs first unprofiled (for a rate without profiler overhead), then profiled. The hotspots
-are the functions with the most self time, and crm-notify's own functions by total time; the
-full profiles are written as HTML next to the other results.
+Each runs first unprofiled (for a rate without profiler overhead), then profiled. The
+unprofiled run also gives the CPU time of this process per call (per event, per delivery; the
+SMTP sink, PostgreSQL and Redis run in other processes) and the SQL statements sent per call:
+unlike the rates, neither depends much on what else the machine is doing. The hotspots are the
+functions with the most self time, and crm-notify's own functions by total time; the full
+profiles are written as HTML next to the other results.
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from pyinstrument import Profiler
 from pyinstrument.frame import Frame
+from sqlalchemy.engine import Engine
 
 from bench import services
 from bench.scenarios import MAIL_FROM, MODES, Options, copy_rules, remove_sqlite
@@ -114,7 +120,7 @@ def _profile_mode(name: str, options: Options, tag: str, batches: int) -> dict[s
 
         for batch in work[:2]:  # warm-up
             ingest(batch)
-        plain = _rate(ingest, work[2 : 2 + batches], per=100)
+        plain = _measure(ingest, work[2 : 2 + batches], per=100, engine=runtime.engine)
         profiled, session = _profiled(ingest, work[2 + batches :], per=100)
         ingest_report = _report(session, out_dir / "profile-ingest.html")
 
@@ -123,20 +129,67 @@ def _profile_mode(name: str, options: Options, tag: str, batches: int) -> dict[s
         half = min(len(ids) // 2, DELIVERIES)
         ids = ids[: 2 * half]
         deliver = runtime.delivery.deliver
-        plain_delivery = _rate(deliver, ids[:half], per=1)
+        plain_delivery = _measure(deliver, ids[:half], per=1, engine=runtime.engine)
         profiled_delivery, session = _profiled(deliver, ids[half:], per=1)
         delivery_report = _report(session, out_dir / "profile-delivery.html")
+    print(
+        f"  {name} in-process, one thread: delivery {plain_delivery.cpu_ms:.2f} ms CPU and "
+        f"{plain_delivery.statements:.1f} SQL statements per message; ingest "
+        f"{plain.cpu_ms:.2f} ms CPU and {plain.statements:.2f} statements per event",
+        flush=True,
+    )
     return {
         "database": mode.database,
         "workload": "guarded" if mode.guards else "plain",
         "broker": "redis" if mode.redis else "in-process (stub)",
-        "ingest": {"events_per_s": plain, "profiled_events_per_s": profiled, **ingest_report},
+        "ingest": {
+            "events_per_s": plain.rate,
+            "cpu_ms_per_event": plain.cpu_ms,
+            "sql_statements_per_event": plain.statements,
+            "profiled_events_per_s": profiled,
+            **ingest_report,
+        },
         "delivery": {
-            "messages_per_s": plain_delivery,
+            "messages_per_s": plain_delivery.rate,
+            "cpu_ms_per_message": plain_delivery.cpu_ms,
+            "sql_statements_per_message": plain_delivery.statements,
             "profiled_messages_per_s": profiled_delivery,
             **delivery_report,
         },
     }
+
+
+@dataclass(frozen=True)
+class Measured:
+    """An unprofiled run: calls per second (wall clock), and per call the CPU milliseconds of
+    this process and the SQL statements sent (transaction control left out)."""
+
+    rate: float
+    cpu_ms: float
+    statements: float
+
+
+def _measure(
+    function: Callable[[Any], Any], items: Sequence[Any], *, per: int, engine: Engine
+) -> Measured:
+    statements = 0
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        nonlocal statements
+        if not statement.lstrip().upper().startswith(("BEGIN", "COMMIT", "ROLLBACK")):
+            statements += 1
+
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        cpu_started = time.process_time()
+        rate = _rate(function, items, per=per)
+        cpu_s = time.process_time() - cpu_started
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+    calls = max(per * len(items), 1)
+    return Measured(
+        rate=rate, cpu_ms=round(1000 * cpu_s / calls, 2), statements=round(statements / calls, 2)
+    )
 
 
 def _rate(function: Callable[[Any], Any], items: Sequence[Any], *, per: int) -> float:

@@ -209,12 +209,20 @@ def insert_rows(
     """
     if not rows:
         return {}
-    table = sa.inspect(model).local_table
     if key is None:
-        session.execute(sa.insert(table), list(rows))
+        session.execute(_insert_statement(model, None), list(rows))
         return {}
-    result = session.execute(sa.insert(table).returning(table.c.id, table.c[key]), list(rows))
+    result = session.execute(_insert_statement(model, key), list(rows))
     return {row_key: row_id for row_id, row_key in result}
+
+
+@functools.cache
+def _insert_statement(model: type[SQLModel], key: str | None) -> sa.Insert:
+    """The ``INSERT`` of :func:`insert_rows` (returning ids and ``key`` when given), built once
+    per table, so SQLAlchemy finds its compiled form without rebuilding it every time."""
+    table = sa.inspect(model).local_table
+    insert = sa.insert(table)
+    return insert if key is None else insert.returning(table.c.id, table.c[key])
 
 
 @contextmanager

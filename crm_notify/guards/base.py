@@ -70,8 +70,10 @@ class SendAttempt:
     to the ESP: only the guards that can change their answer meanwhile (consent, suppression)
     run then; and, with ``released`` (a send a gate held), those whose answer depends on the
     time it goes out (quiet hours). ``notification_id`` is the
-    notification being delivered, at delivery. ``rule`` is the loaded rule (``None`` at
-    delivery, but for a send a gate held, and when it was removed since).
+    notification being delivered, at delivery, and ``to_address`` its recipient when the
+    caller has just read it in this transaction (``None``: the guards read it). ``rule`` is
+    the loaded rule (``None`` at delivery, but for a send a gate held, and when it was removed
+    since).
     """
 
     rule_name: str
@@ -82,6 +84,7 @@ class SendAttempt:
     at_delivery: bool = False
     released: bool = False
     notification_id: int | None = None
+    to_address: str | None = None
     planned: Sequence[PlannedSend] = ()
 
 

@@ -259,7 +259,9 @@ class SuppressionGuard(Guard):
     def check(self, session: Session, attempt: SendAttempt) -> Verdict | None:
         """Return a skip when the contact's address is suppressed for the attempt's purpose."""
         addresses = [attempt.contact.email]
-        if attempt.notification_id is not None:
+        if attempt.to_address is not None:
+            addresses.append(attempt.to_address)
+        elif attempt.notification_id is not None:
             addresses.append(
                 session.exec(
                     select(Notification.to_address).where(

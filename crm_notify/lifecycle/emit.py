@@ -3,11 +3,12 @@ the event exists exactly when the change it reports was committed."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlmodel import Session, col
 
+from crm_notify.db import insert_rows, new_row
 from crm_notify.lifecycle.models import LifecycleEvent, LifecycleName, LifecycleSource
 
 
@@ -35,37 +36,75 @@ def emit(
     )
 
 
+#: The columns of a notification that its lifecycle events report (see
+#: :func:`emit_notification_event`).
+NOTIFICATION_FACTS = ("contact_id", "rule", "template", "channel", "context")
+
+
+class NotificationReport(Protocol):
+    """A notification's :data:`NOTIFICATION_FACTS` (a row of those columns)."""
+
+    @property
+    def contact_id(self) -> int | None: ...
+    @property
+    def rule(self) -> str: ...
+    @property
+    def template(self) -> str: ...
+    @property
+    def channel(self) -> str: ...
+    @property
+    def context(self) -> dict[str, Any] | None: ...
+
+
 def emit_for_notification(
     session: Session, notification_id: int, name: LifecycleName, **properties: Any
+) -> None:
+    """:func:`emit_notification_event` for a notification read from the database."""
+    from crm_notify.outbox.models import Notification
+
+    row = session.execute(
+        sa.select(*(getattr(Notification, column) for column in NOTIFICATION_FACTS)).where(
+            col(Notification.id) == notification_id
+        )
+    ).first()
+    if row is not None:
+        emit_notification_event(session, notification_id, row, name, **properties)
+
+
+def emit_notification_event(
+    session: Session,
+    notification_id: int,
+    facts: NotificationReport,
+    name: LifecycleName,
+    **properties: Any,
 ) -> None:
     """Lifecycle event ``name`` (``notification.*``, source ``system``) of a notification's
     contact, with its id, rule, template and channel; none when the notification answers a
     ``notification.*`` event itself, or a digest holds one (a rule reacting to sends must not
-    feed itself)."""
-    from crm_notify.outbox.models import Notification
+    feed itself).
 
-    row = session.execute(
-        sa.select(
-            col(Notification.contact_id),
-            col(Notification.rule),
-            col(Notification.template),
-            col(Notification.channel),
-            col(Notification.context),
-        ).where(col(Notification.id) == notification_id)
-    ).first()
-    if row is None or row.contact_id is None or answers_notification_event(row.context):
+    Parameters:
+        facts: the notification's :data:`NOTIFICATION_FACTS`, read in this transaction.
+    """
+    if facts.contact_id is None or answers_notification_event(facts.context):
         return
-    emit(
-        session,
-        name,
-        contact_id=row.contact_id,
-        source=LifecycleSource.SYSTEM,
-        notification_id=notification_id,
-        rule=row.rule,
-        template=row.template,
-        channel=row.channel,
+    source = LifecycleSource.SYSTEM.value
+    properties = {
+        "notification_id": notification_id,
+        "rule": facts.rule,
+        "template": facts.template,
+        "channel": facts.channel,
         **properties,
-    )
+        "source": source,
+    }
+    # An INSERT without ORM bookkeeping (what emit's session.add comes to at the flush).
+    values = {
+        "name": name.value,
+        "source": source,
+        "contact_id": facts.contact_id,
+        "properties": properties,
+    }
+    insert_rows(session, LifecycleEvent, [new_row(LifecycleEvent, values)])
 
 
 def answers_notification_event(context: dict[str, Any] | None) -> bool:

@@ -209,7 +209,8 @@ class DeliveryService:
             row = repository.claim_for_delivery(session=session, notification_id=notification_id)
             if row is None:
                 return DeliveryOutcome("skipped")
-            refused = self._recheck(session, row)
+            # the claim has just read the row (and holds it): its recipient is current
+            refused = self._recheck(session, row, to_address=row.to_address)
             if refused is not None:
                 return refused
             if row.channel == WEBHOOK_CHANNEL:  # a rule's webhook action: crm_notify/actions
@@ -263,8 +264,12 @@ class DeliveryService:
         self._record_sent(notification_id, result.esp, result.provider_message_id)
         return DeliveryOutcome("sent")
 
-    def _recheck(self, session: Session, row: Notification) -> DeliveryOutcome | None:
-        """Run the delivery-time guards on a claimed row; the outcome when they say no."""
+    def _recheck(
+        self, session: Session, row: Notification, *, to_address: str | None = None
+    ) -> DeliveryOutcome | None:
+        """Run the delivery-time guards on a claimed row; the outcome when they say no.
+        ``to_address``: the row's recipient as read in this transaction (``None``: the
+        suppression guard reads it)."""
         if self._policy is None:
             return None
         contact = session.get(Contact, row.contact_id) if row.contact_id is not None else None
@@ -286,6 +291,7 @@ class DeliveryService:
             at_delivery=True,
             released=released,
             notification_id=row.id,
+            to_address=to_address,
         )
         verdict = self._policy.check(session, attempt)
         if verdict.allows:

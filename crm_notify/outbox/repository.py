@@ -7,6 +7,7 @@ that was already sent does nothing.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,7 +18,7 @@ from sqlmodel import Session, col, select
 
 from crm_notify.clock import now
 from crm_notify.db import UTCDateTime, insert_rows, new_row
-from crm_notify.lifecycle.emit import emit_for_notification
+from crm_notify.lifecycle.emit import NOTIFICATION_FACTS, emit_notification_event
 from crm_notify.lifecycle.models import LifecycleName
 from crm_notify.outbox.models import (
     CLAIMABLE,
@@ -185,27 +186,78 @@ def record_send(*, session: Session, notification: Notification, reason: str) ->
     )
 
 
-def _status_update(
-    notification_id: int,
-    *,
-    from_statuses: Sequence[NotificationStatus],
+@functools.cache
+def _transition_statement(
+    from_statuses: tuple[NotificationStatus, ...],
     to_status: NotificationStatus,
-    moment: datetime,
-    values: dict[str, Any] | None = None,
-    extra_where: Any = None,
-    orm: bool = False,
-) -> Any:
-    """The conditional ``UPDATE`` moving one notification from ``from_statuses`` to
-    ``to_status``: on the table (no ORM bookkeeping), or with ``orm`` on the entity (to
-    return rows as objects)."""
-    target: Any = Notification if orm else _NOTIFICATION.c
-    stmt = (
-        sa.update(Notification if orm else _NOTIFICATION)
-        .where(target.id == notification_id)
-        .where(target.status.in_([s.value for s in from_statuses]))
-        .values(status=to_status.value, updated_at=moment, **(values or {}))
+    columns: tuple[str, ...],
+    returning: tuple[str, ...],
+) -> sa.Update:
+    """The conditional ``UPDATE`` moving one notification (``:p_id``) from ``from_statuses`` to
+    ``to_status`` at ``:p_moment``, setting ``columns`` (from ``:v_<column>``) and returning
+    its id and ``returning``.
+
+    Built once per shape: SQLAlchemy then finds its compiled form without rebuilding the
+    statement and its cache key for every transition.
+    """
+    table = _NOTIFICATION
+    values: dict[str, Any] = {
+        name: sa.bindparam(f"v_{name}", type_=table.c[name].type) for name in columns
+    }
+    return (
+        sa.update(table)
+        .where(table.c.id == sa.bindparam("p_id", type_=table.c.id.type))
+        .where(table.c.status.in_([s.value for s in from_statuses]))
+        .values(
+            status=to_status.value,
+            updated_at=sa.bindparam("p_moment", type_=table.c.updated_at.type),
+            **values,
+        )
+        .returning(table.c.id, *(table.c[name] for name in returning))
     )
-    return stmt if extra_where is None else stmt.where(extra_where)
+
+
+def _claim_statement() -> Any:
+    """The claim of :func:`claim_for_delivery` (``:p_id`` at ``:p_moment``), on the entity so
+    the row comes back as an object."""
+    moment = sa.bindparam("p_moment", type_=UTCDateTime())
+    return (
+        sa.update(Notification)
+        .where(col(Notification.id) == sa.bindparam("p_id"))
+        .where(col(Notification.status).in_([s.value for s in CLAIMABLE]))
+        .where(
+            sa.or_(
+                col(Notification.next_attempt_at).is_(None),
+                col(Notification.next_attempt_at) <= moment,
+            )
+        )
+        .values(
+            status=NotificationStatus.SENDING.value,
+            updated_at=moment,
+            attempts=Notification.attempts + 1,
+            # The first claim starts the dead-letter age clock (see DeliveryService).
+            first_attempt_at=sa.func.coalesce(Notification.first_attempt_at, moment),
+        )
+        .returning(Notification)
+        # The returned row refreshes any copy of it in the session (populate_existing), so
+        # the session needs no evaluation of the statement against the objects it holds.
+        .execution_options(populate_existing=True, synchronize_session=False)
+    )
+
+
+#: The claim, built once (see :func:`_transition_statement`).
+_CLAIM = _claim_statement()
+#: :func:`store_message`'s ``UPDATE``, built once.
+_STORE_MESSAGE = (
+    sa.update(_NOTIFICATION)
+    .where(_NOTIFICATION.c.id == sa.bindparam("p_id", type_=_NOTIFICATION.c.id.type))
+    .values(
+        message=sa.bindparam("v_message", type_=_NOTIFICATION.c.message.type),
+        message_id=sa.bindparam("v_message_id", type_=_NOTIFICATION.c.message_id.type),
+        subject=sa.bindparam("v_subject", type_=_NOTIFICATION.c.subject.type),
+        language=sa.bindparam("v_language", type_=_NOTIFICATION.c.language.type),
+    )
+)
 
 
 def _record_change(
@@ -229,20 +281,49 @@ def _transition(
     values: dict[str, Any] | None = None,
     extra_where: Any = None,
 ) -> bool:
-    moment = now()
-    stmt = _status_update(
+    """:func:`_move`: whether the notification moved."""
+    moved = _move(
+        session,
         notification_id,
         from_statuses=from_statuses,
         to_status=to_status,
-        moment=moment,
+        detail=detail,
         values=values,
         extra_where=extra_where,
     )
-    result = session.execute(stmt)
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        return False
+    return moved is not None
+
+
+def _move(
+    session: Session,
+    notification_id: int,
+    *,
+    from_statuses: Sequence[NotificationStatus],
+    to_status: NotificationStatus,
+    detail: str | None,
+    values: dict[str, Any] | None = None,
+    extra_where: Any = None,
+    returning: tuple[str, ...] = (),
+) -> sa.Row[Any] | None:
+    """Move one notification from ``from_statuses`` to ``to_status`` with one conditional
+    ``UPDATE`` and record the change.
+
+    Returns:
+        Its id and ``returning`` columns as the ``UPDATE`` left them, or ``None`` when it was
+        in another status (nothing is written then).
+    """
+    moment = now()
+    values = values or {}
+    stmt = _transition_statement(tuple(from_statuses), to_status, tuple(values), returning)
+    if extra_where is not None:
+        stmt = stmt.where(extra_where)
+    params = {"p_id": notification_id, "p_moment": moment}
+    params.update((f"v_{name}", value) for name, value in values.items())
+    row = session.execute(stmt, params).first()
+    if row is None:
+        return None
     _record_change(session, notification_id, to_status, detail, moment)
-    return True
+    return row
 
 
 def claim_for_delivery(*, session: Session, notification_id: int) -> Notification | None:
@@ -256,26 +337,9 @@ def claim_for_delivery(*, session: Session, notification_id: int) -> Notificatio
         worker, or not yet due.
     """
     moment = now()
-    due = sa.or_(
-        col(Notification.next_attempt_at).is_(None), col(Notification.next_attempt_at) <= moment
+    row: Notification | None = (
+        session.execute(_CLAIM, {"p_id": notification_id, "p_moment": moment}).scalars().first()
     )
-    stmt = _status_update(
-        notification_id,
-        from_statuses=CLAIMABLE,
-        to_status=NotificationStatus.SENDING,
-        moment=moment,
-        values={
-            "attempts": Notification.attempts + 1,
-            # The first claim starts the dead-letter age clock (see DeliveryService).
-            "first_attempt_at": sa.func.coalesce(
-                Notification.first_attempt_at, sa.bindparam("first_claim", moment, UTCDateTime())
-            ),
-        },
-        extra_where=due,
-        orm=True,
-    )
-    query = stmt.returning(Notification).execution_options(populate_existing=True)
-    row: Notification | None = session.execute(query).scalars().first()
     if row is None:
         return None
     _record_change(session, notification_id, NotificationStatus.SENDING, None, moment)
@@ -293,9 +357,14 @@ def store_message(
 ) -> None:
     """Keep the rendered message of a claimed notification: every attempt sends it as is."""
     session.execute(
-        sa.update(_NOTIFICATION)
-        .where(_NOTIFICATION.c.id == notification_id)
-        .values(message=message, message_id=message_id, subject=subject, language=language)
+        _STORE_MESSAGE,
+        {
+            "p_id": notification_id,
+            "v_message": message,
+            "v_message_id": message_id,
+            "v_subject": subject,
+            "v_language": language,
+        },
     )
 
 
@@ -323,17 +392,21 @@ def mark_sent(
     *, session: Session, notification_id: int, esp: str, esp_message_id: str | None
 ) -> bool:
     """Move a ``sending`` notification to ``sent`` (and emit ``notification.sent``)."""
-    moved = _transition(
+    moved = _move(
         session,
         notification_id,
         from_statuses=(NotificationStatus.SENDING,),
         to_status=NotificationStatus.SENT,
         detail=f"accepted by {esp}",
         values={"esp": esp, "esp_message_id": esp_message_id, "sent_at": now(), "last_error": None},
+        returning=NOTIFICATION_FACTS,  # what the lifecycle event reports, read by the UPDATE
     )
-    if moved:
-        emit_for_notification(session, notification_id, LifecycleName.NOTIFICATION_SENT, esp=esp)
-    return moved
+    if moved is None:
+        return False
+    emit_notification_event(
+        session, notification_id, moved, LifecycleName.NOTIFICATION_SENT, esp=esp
+    )
+    return True
 
 
 def pin_esp(*, session: Session, notification_id: int, esp: str) -> None:

@@ -17,7 +17,7 @@ Render through :meth:`BoundedSandboxEnvironment.render`, ``Template.render()`` o
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import date, datetime
 from decimal import Decimal
@@ -137,8 +137,19 @@ class BoundedSandboxEnvironment(ImmutableSandboxedEnvironment):
         Returns:
             The rendered text.
         """
+        return self.render_all([template], context)[0]
+
+    def render_all(
+        self, templates: Sequence[str | Template], context: Mapping[str, Any]
+    ) -> list[str]:
+        """Render each of ``templates`` with ``context``, checking the context once: the parts
+        of one email share it. Bounds and errors as :meth:`render`, per template."""
         data = dict(context)
         ensure_plain_data(data, limits=self.limits)
+        return [self._render_checked(template, data) for template in templates]
+
+    def _render_checked(self, template: str | Template, data: dict[str, Any]) -> str:
+        """Render ``template`` with ``data``, which :func:`ensure_plain_data` has accepted."""
         if isinstance(template, Template) and template.environment is not self:
             raise RenderError("the template was compiled by another environment (unbounded)")
         name = template if isinstance(template, str) else (template.name or "<string>")

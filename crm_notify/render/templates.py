@@ -113,8 +113,9 @@ class TemplateStore:
         """
         folder = self._choose(name, language)
         prefix = self._prefix(name, folder)
-        render = self.environment.render
-        parts = {part: render(prefix + part, context) for part in self._parts(prefix)}
+        names = self._parts(prefix)
+        texts = self.environment.render_all([prefix + part for part in names], context)
+        parts = dict(zip(names, texts, strict=True))
         if HTML_BODY not in parts and TEXT_BODY not in parts:
             raise TemplateNotFoundError(
                 f"template {name!r} has neither {HTML_BODY} nor {TEXT_BODY} in "
