@@ -24,6 +24,7 @@ from tests.support.servers import (
     PrivateRedis,
     SmtpSink,
     port_open,
+    start_or_skip,
     start_smtp_sink,
 )
 
@@ -102,12 +103,7 @@ def rabbitmq_url() -> Iterator[str]:
     elif port_open("127.0.0.1", 5672):
         yield "amqp://guest:guest@127.0.0.1:5672/%2F"
     else:
-        try:
-            server = PrivateRabbitMQ()
-        except RuntimeError as exc:
-            if os.environ.get("CI"):
-                raise
-            pytest.skip(str(exc))
+        server = start_or_skip(PrivateRabbitMQ)
         try:
             yield server.url
         finally:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from tests.faults._harness import (
     wait_until,
 )
 from tests.faults.conftest import Processes, one_database
-from tests.support.servers import PrivateRabbitMQ, PrivateRedis, SmtpSink
+from tests.support.servers import PrivateRabbitMQ, PrivateRedis, SmtpSink, start_or_skip
 from tests.support.service import ServiceProcess, WorkerProcess
 
 pytestmark = pytest.mark.faults
@@ -58,12 +57,7 @@ def durable_broker(request: pytest.FixtureRequest) -> RestartableBroker:
 @pytest.fixture
 def private_rabbitmq() -> Iterator[PrivateRabbitMQ]:
     """A private RabbitMQ node (skipped outside CI where Debian's rabbitmq-server is missing)."""
-    try:
-        server = PrivateRabbitMQ()
-    except RuntimeError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(exc))
+    server = start_or_skip(PrivateRabbitMQ)
     yield server
     server.stop()
 
@@ -74,6 +68,39 @@ def volatile_redis() -> Iterator[PrivateRedis]:
     server = PrivateRedis()
     yield server
     server.stop()
+
+
+@dataclass
+class QueuedWithoutWorker:
+    """What :func:`queue_without_worker` set up."""
+
+    env: dict[str, str]
+    service: ServiceProcess
+    population: Population
+    expected: set[str]
+
+
+def queue_without_worker(
+    tmp_path: Path,
+    engine: Engine,
+    database_url: str,
+    smtp_sink: SmtpSink,
+    processes: Processes,
+    **broker_env: str,
+) -> QueuedWithoutWorker:
+    """A service on the broker of ``broker_env`` and no worker; 24 contacts (one suppressed)
+    identified and tracked, so that their notifications are all ``queued`` in the broker."""
+    population = Population("rq", 24)
+    key = set_up_database(engine, population)
+    env = fault_env(tmp_path, database_url=database_url, esp_url=smtp_sink.url, **broker_env)
+    service = processes.add(ServiceProcess(env, tmp_path / "serve.log"))
+    calls = [population.identify(i) for i in range(population.size)]
+    calls += [population.track(i, 0) for i in range(population.size)]
+    calls += [population.identify_blocked(), population.track("blocked", 0)]
+    expected = population.expected_keys(calls)
+    Client(key).send(service.url, calls)
+    assert count_by_status(engine) == {"queued": len(expected)}
+    return QueuedWithoutWorker(env, service, population, expected)
 
 
 @one_database
@@ -155,21 +182,15 @@ def test_redis_restarted_empty_loses_queued_messages_and_the_relay_requeues_them
     sent exactly once.
     """
     # Given notifications queued in Redis, and no worker
-    population = Population("rv", 24)
-    key = set_up_database(engine, population)
-    env = fault_env(
+    queued = queue_without_worker(
         tmp_path,
-        database_url=database_url,
-        esp_url=smtp_sink.url,
+        engine,
+        database_url,
+        smtp_sink,
+        processes,
         CRM_NOTIFY_REDIS_URL=volatile_redis.url,
     )
-    service = processes.add(ServiceProcess(env, tmp_path / "serve.log"))
-    calls = [population.identify(i) for i in range(population.size)]
-    calls += [population.track(i, 0) for i in range(population.size)]
-    calls += [population.identify_blocked(), population.track("blocked", 0)]
-    expected = population.expected_keys(calls)
-    Client(key).send(service.url, calls)
-    assert count_by_status(engine) == {"queued": len(expected)}
+    env, population, expected = queued.env, queued.population, queued.expected
 
     # When Redis restarts empty, and a worker starts
     volatile_redis.kill()
@@ -203,24 +224,14 @@ def test_rabbitmq_crashed_with_messages_queued_keeps_them(
     """
     # Given notifications queued in RabbitMQ, and no worker
     rabbitmq = private_rabbitmq
-    population = Population("rq", 24)
-    key = set_up_database(engine, population)
-    env = fault_env(
-        tmp_path,
-        database_url=database_url,
-        esp_url=smtp_sink.url,
-        CRM_NOTIFY_BROKER_URL=rabbitmq.url,
+    broker_env = {"CRM_NOTIFY_BROKER_URL": rabbitmq.url}
+    queued = queue_without_worker(
+        tmp_path, engine, database_url, smtp_sink, processes, **broker_env
     )
-    service = processes.add(ServiceProcess(env, tmp_path / "serve.log"))
-    calls = [population.identify(i) for i in range(population.size)]
-    calls += [population.track(i, 0) for i in range(population.size)]
-    calls += [population.identify_blocked(), population.track("blocked", 0)]
-    expected = population.expected_keys(calls)
-    Client(key).send(service.url, calls)
-    assert count_by_status(engine) == {"queued": len(expected)}
+    env, population, expected = queued.env, queued.population, queued.expected
 
     # When the API dies, and RabbitMQ crashes and restarts
-    service.kill()
+    queued.service.kill()
     rabbitmq.kill()
     rabbitmq.start()
     restarted_at = time.monotonic()

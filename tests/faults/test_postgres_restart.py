@@ -3,7 +3,6 @@ scheduler (a private PostgreSQL cluster; Redis and RabbitMQ brokers; SMTP sink).
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +26,7 @@ from tests.faults._harness import (
     wait_until,
 )
 from tests.faults.conftest import Processes
-from tests.support.servers import PrivatePostgres
+from tests.support.servers import PrivatePostgres, start_or_skip
 from tests.support.service import ServiceProcess, WorkerProcess
 
 pytestmark = pytest.mark.faults
@@ -46,12 +45,7 @@ LEASE_S = 20.0
 def private_postgres() -> Iterator[PrivatePostgres]:
     """A PostgreSQL cluster of the test's own (Debian's server programs); skipped outside CI
     where they are not installed."""
-    try:
-        server = PrivatePostgres()
-    except RuntimeError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(exc))
+    server = start_or_skip(PrivatePostgres)
     yield server
     server.stop()
 
