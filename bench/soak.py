@@ -10,12 +10,13 @@ backlog to drain. The load generator (``--generator``) is one of:
 
 - ``builtin`` (the default): a pool of ``--users`` threads in this process; batch ``i`` goes
   out ``i * 100 / rate`` seconds after the start, open loop (a slow answer does not slow the
-  schedule down). No extra dependency, and the figures in ``docs/benchmarks.md`` came from it.
+  schedule down). No extra dependency; the soak figures of 2026-12-06 came from it.
 - ``locust``: ``locust --headless`` with :mod:`bench.locustfile`, in its own process (so
   gevent's monkey-patching stays out of this one): the same batches on the same schedule from
-  a standard tool, ``--users`` users each posting every ``--users``-th batch when due. Nearly
-  open loop: a user waits for its answer, and posts its next batch at once if that came late,
-  so the schedule holds while answers take under ``users * 100 / rate`` seconds. Needs the
+  a standard tool (``make bench`` uses it; the figures of 2026-12-07 came from it),
+  ``--users`` users each posting every ``--users``-th batch when due. Nearly open loop: a
+  user waits for its answer, and posts its next batch at once if that came late, so the
+  schedule holds while answers take under ``users * 100 / rate`` seconds. Needs the
   ``bench`` extra (``pip install -e '.[bench]'``); its log is ``locust.log`` in the results.
 
 Reported: events accepted per second; messages arriving at the sink per second (over the

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -19,6 +18,7 @@ from sqlalchemy.engine import Engine
 from crm_notify.config import Settings, load_settings
 from crm_notify.db import make_engine
 from crm_notify.migrations import upgrade
+from tests.support.brokers import SharedBroker
 from tests.support.servers import (
     PrivateRabbitMQ,
     PrivateRedis,
@@ -121,20 +121,6 @@ def rabbitmq_queue(rabbitmq_url: str) -> Iterator[str]:
     for queue in (name, f"{name}.DQ", f"{name}.XQ"):
         channel.queue_delete(queue)
     connection.close()
-
-
-@dataclass(frozen=True)
-class SharedBroker:
-    """The broker a test's processes share: its kind and the settings that name it (a Redis
-    key namespace, or a RabbitMQ queue, of the test's own)."""
-
-    kind: str
-    settings: dict[str, str]
-
-    @property
-    def env(self) -> dict[str, str]:
-        """The settings as the environment of ``crm-notify serve``, ``worker``, ``scheduler``."""
-        return {f"CRM_NOTIFY_{name.upper()}": value for name, value in self.settings.items()}
 
 
 #: The brokers the tests that need one run on, each in turn.

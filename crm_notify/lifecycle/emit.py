@@ -26,23 +26,28 @@ def emit(
         source: who caused it.
         properties: what the event says (JSON values), e.g. ``purpose="marketing"``.
     """
-    session.add(
-        LifecycleEvent(
-            name=name.value,
-            source=source.value,
-            contact_id=contact_id,
-            properties={**properties, "source": source.value},
-        )
-    )
+    session.add(LifecycleEvent(**_event_values(name, source, contact_id, properties)))
 
 
-#: The columns of a notification that its lifecycle events report (see
-#: :func:`emit_notification_event`).
-NOTIFICATION_FACTS = ("contact_id", "rule", "template", "channel", "context")
+def _event_values(
+    name: LifecycleName, source: LifecycleSource, contact_id: int, properties: dict[str, Any]
+) -> dict[str, Any]:
+    """The column values of a lifecycle event row (its properties also name its source)."""
+    return {
+        "name": name.value,
+        "source": source.value,
+        "contact_id": contact_id,
+        "properties": {**properties, "source": source.value},
+    }
 
 
-class NotificationReport(Protocol):
-    """A notification's :data:`NOTIFICATION_FACTS` (a row of those columns)."""
+#: The columns of a notification that its ``notification.*`` lifecycle events report (see
+#: :func:`emit_notification_event`); :class:`NotificationEventFacts` names the same ones.
+NOTIFICATION_EVENT_COLUMNS = ("contact_id", "rule", "template", "channel", "context")
+
+
+class NotificationEventFacts(Protocol):
+    """A notification's :data:`NOTIFICATION_EVENT_COLUMNS` (a row of those columns)."""
 
     @property
     def contact_id(self) -> int | None: ...
@@ -63,7 +68,7 @@ def emit_for_notification(
     from crm_notify.outbox.models import Notification
 
     row = session.execute(
-        sa.select(*(getattr(Notification, column) for column in NOTIFICATION_FACTS)).where(
+        sa.select(*(getattr(Notification, column) for column in NOTIFICATION_EVENT_COLUMNS)).where(
             col(Notification.id) == notification_id
         )
     ).first()
@@ -74,7 +79,7 @@ def emit_for_notification(
 def emit_notification_event(
     session: Session,
     notification_id: int,
-    facts: NotificationReport,
+    facts: NotificationEventFacts,
     name: LifecycleName,
     **properties: Any,
 ) -> None:
@@ -84,26 +89,26 @@ def emit_notification_event(
     feed itself).
 
     Parameters:
-        facts: the notification's :data:`NOTIFICATION_FACTS`, read in this transaction.
+        facts: the notification's :data:`NOTIFICATION_EVENT_COLUMNS`, read in this transaction.
+        properties: more of what the event says (e.g. ``esp``); not the reported facts.
+
+    Raises:
+        TypeError: ``properties`` would overwrite one of the reported facts.
     """
-    if facts.contact_id is None or answers_notification_event(facts.context):
-        return
-    source = LifecycleSource.SYSTEM.value
-    properties = {
+    reported = {
         "notification_id": notification_id,
         "rule": facts.rule,
         "template": facts.template,
         "channel": facts.channel,
-        **properties,
-        "source": source,
     }
-    # An INSERT without ORM bookkeeping (what emit's session.add comes to at the flush).
-    values = {
-        "name": name.value,
-        "source": source,
-        "contact_id": facts.contact_id,
-        "properties": properties,
-    }
+    if clash := reported.keys() & properties.keys():
+        raise TypeError(f"properties {sorted(clash)} are the notification's own")
+    if facts.contact_id is None or answers_notification_event(facts.context):
+        return
+    values = _event_values(
+        name, LifecycleSource.SYSTEM, facts.contact_id, {**reported, **properties}
+    )
+    # One INSERT without ORM bookkeeping (what emit's session.add comes to at the flush).
     insert_rows(session, LifecycleEvent, [new_row(LifecycleEvent, values)])
 
 

@@ -265,11 +265,11 @@ class DeliveryService:
         return DeliveryOutcome("sent")
 
     def _recheck(
-        self, session: Session, row: Notification, *, to_address: str | None = None
+        self, session: Session, row: Notification, *, to_address: str | None
     ) -> DeliveryOutcome | None:
         """Run the delivery-time guards on a claimed row; the outcome when they say no.
-        ``to_address``: the row's recipient as read in this transaction (``None``: the
-        suppression guard reads it)."""
+        ``to_address``: the row's recipient as read in this transaction, or ``None`` when
+        ``row`` was read in an earlier one (the suppression guard reads it again)."""
         if self._policy is None:
             return None
         contact = session.get(Contact, row.contact_id) if row.contact_id is not None else None
@@ -344,8 +344,9 @@ class DeliveryService:
             ):
                 logger.warning("notification %s was claimed again during its fetch", row.id)
                 return DeliveryOutcome("skipped")
-            # consent or suppression may have changed while the services answered
-            refused = self._recheck(session, row)
+            # consent or suppression may have changed while the services answered; ``row``
+            # was read in the claim's transaction, so the guard reads the address again
+            refused = self._recheck(session, row, to_address=None)
             if refused is not None:
                 log_results(session, row, run.results)
                 return refused

@@ -18,7 +18,7 @@ from sqlmodel import Session, col, select
 
 from crm_notify.clock import now
 from crm_notify.db import UTCDateTime, insert_rows, new_row
-from crm_notify.lifecycle.emit import NOTIFICATION_FACTS, emit_notification_event
+from crm_notify.lifecycle.emit import NOTIFICATION_EVENT_COLUMNS, emit_notification_event
 from crm_notify.lifecycle.models import LifecycleName
 from crm_notify.outbox.models import (
     CLAIMABLE,
@@ -223,7 +223,7 @@ def _claim_statement() -> Any:
     moment = sa.bindparam("p_moment", type_=UTCDateTime())
     return (
         sa.update(Notification)
-        .where(col(Notification.id) == sa.bindparam("p_id"))
+        .where(col(Notification.id) == sa.bindparam("p_id", type_=_NOTIFICATION.c.id.type))
         .where(col(Notification.status).in_([s.value for s in CLAIMABLE]))
         .where(
             sa.or_(
@@ -399,7 +399,7 @@ def mark_sent(
         to_status=NotificationStatus.SENT,
         detail=f"accepted by {esp}",
         values={"esp": esp, "esp_message_id": esp_message_id, "sent_at": now(), "last_error": None},
-        returning=NOTIFICATION_FACTS,  # what the lifecycle event reports, read by the UPDATE
+        returning=NOTIFICATION_EVENT_COLUMNS,  # what notification.sent reports, read by the UPDATE
     )
     if moved is None:
         return False

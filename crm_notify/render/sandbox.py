@@ -142,8 +142,20 @@ class BoundedSandboxEnvironment(ImmutableSandboxedEnvironment):
     def render_all(
         self, templates: Sequence[str | Template], context: Mapping[str, Any]
     ) -> list[str]:
-        """Render each of ``templates`` with ``context``, checking the context once: the parts
-        of one email share it. Bounds and errors as :meth:`render`, per template."""
+        """Render each of ``templates`` with one ``context`` (the parts of one email), checking
+        the context once; each template is rendered within its own bounds, as by :meth:`render`.
+
+        Parameters:
+            templates: names (for the loader) or templates compiled by this environment.
+            context: the template data shared by all of them.
+
+        Raises:
+            SandboxLimitError: the context, or one of the renders, exceeds a limit.
+            RenderError: a template fails to render (the first failing one).
+
+        Returns:
+            The rendered texts, in the order of ``templates``.
+        """
         data = dict(context)
         ensure_plain_data(data, limits=self.limits)
         return [self._render_checked(template, data) for template in templates]

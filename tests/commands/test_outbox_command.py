@@ -27,7 +27,6 @@ from crm_notify.config import Settings
 from crm_notify.guards.suppression import suppress
 from crm_notify.outbox.models import Notification
 from crm_notify.runtime import Runtime
-from tests.conftest import SharedBroker
 from tests.esp._api_server import Answer, ApiServer
 from tests.outbox._outbox_support import (
     add_notification,
@@ -37,6 +36,7 @@ from tests.outbox._outbox_support import (
     row,
     sendgrid_settings,
 )
+from tests.support.brokers import SharedBroker
 
 START = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 DOWN = Answer(500, json={"errors": [{"message": "internal"}]})

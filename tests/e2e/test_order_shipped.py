@@ -14,7 +14,8 @@ import httpx
 import pytest
 from segment.analytics.client import Client as SegmentClient
 
-from tests.conftest import ROOT, SharedBroker
+from tests.conftest import ROOT
+from tests.support.brokers import SharedBroker
 from tests.support.servers import SmtpSink
 from tests.support.service import ServiceProcess, WorkerProcess, run_cli, service_env
 

@@ -14,6 +14,7 @@ import redis
 from sqlalchemy.engine import Engine
 
 from crm_notify.worker.actors import QUEUE_NAME
+from tests.conftest import BROKERS
 from tests.faults._harness import (
     Client,
     Population,
@@ -42,7 +43,7 @@ class RestartableBroker:
     env: dict[str, str]
 
 
-@pytest.fixture(params=["redis", "rabbitmq"])
+@pytest.fixture(params=BROKERS)
 def durable_broker(request: pytest.FixtureRequest) -> RestartableBroker:
     """A private Redis with an append-only file fsynced every write, or a private RabbitMQ node
     (durable queues, persistent messages): each keeps its messages through a crash."""
@@ -174,7 +175,7 @@ def test_redis_restarted_empty_loses_queued_messages_and_the_relay_requeues_them
     smtp_sink: SmtpSink,
     processes: Processes,
 ) -> None:
-    """No worker runs while 40 notifications are queued in a Redis without persistence; Redis
+    """No worker runs while 32 notifications are queued in a Redis without persistence; Redis
     is killed and comes back empty, and then a worker starts.
 
     The broker messages are gone (Redis is empty after the restart), but each notification is
@@ -215,7 +216,7 @@ def test_rabbitmq_crashed_with_messages_queued_keeps_them(
     smtp_sink: SmtpSink,
     processes: Processes,
 ) -> None:
-    """No worker runs while 40 notifications are queued in RabbitMQ; the API is killed (so no
+    """No worker runs while 32 notifications are queued in RabbitMQ; the API is killed (so no
     relay can queue anything again), then RabbitMQ is killed and restarted.
 
     Each message was published persistent to a durable queue and confirmed by the node, so the

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.conftest import SharedBroker
 from tests.faults._harness import (
     Client,
     Population,
@@ -23,6 +22,7 @@ from tests.faults._harness import (
     wait_until,
 )
 from tests.faults.conftest import Processes
+from tests.support.brokers import SharedBroker
 from tests.support.servers import SmtpSink
 from tests.support.service import ServiceProcess, WorkerProcess
 

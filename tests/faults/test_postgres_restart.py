@@ -13,7 +13,6 @@ import pytest
 
 from crm_notify.db import make_engine
 from crm_notify.migrations import upgrade
-from tests.conftest import SharedBroker
 from tests.faults._harness import (
     Client,
     HoldingSmtpSink,
@@ -26,6 +25,7 @@ from tests.faults._harness import (
     wait_until,
 )
 from tests.faults.conftest import Processes
+from tests.support.brokers import SharedBroker
 from tests.support.servers import PrivatePostgres, start_or_skip
 from tests.support.service import ServiceProcess, WorkerProcess
 

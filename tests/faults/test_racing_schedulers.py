@@ -13,7 +13,6 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tests.conftest import SharedBroker
 from tests.faults._harness import (
     Client,
     Population,
@@ -25,6 +24,7 @@ from tests.faults._harness import (
     wait_until,
 )
 from tests.faults.conftest import Processes
+from tests.support.brokers import SharedBroker
 from tests.support.servers import SmtpSink
 from tests.support.service import SchedulerProcess, ServiceProcess, WorkerProcess
 

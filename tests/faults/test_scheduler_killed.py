@@ -10,7 +10,6 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tests.conftest import SharedBroker
 from tests.faults._harness import (
     Client,
     Population,
@@ -23,6 +22,7 @@ from tests.faults._harness import (
     wait_until,
 )
 from tests.faults.conftest import Processes
+from tests.support.brokers import SharedBroker
 from tests.support.servers import SmtpSink
 from tests.support.service import SchedulerProcess, ServiceProcess, WorkerProcess
 

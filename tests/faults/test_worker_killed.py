@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.conftest import SharedBroker
 from tests.faults._harness import (
     Client,
     HoldingSmtpSink,
@@ -22,6 +21,7 @@ from tests.faults._harness import (
     wait_until,
 )
 from tests.faults.conftest import Processes
+from tests.support.brokers import SharedBroker
 from tests.support.service import ServiceProcess, WorkerProcess
 
 pytestmark = pytest.mark.faults

@@ -208,6 +208,16 @@ def test_guard_at_delivery_checks_the_queued_recipient_too(engine: Engine) -> No
         attempt = _attempt(contact, "marketing", at_delivery=True, notification_id=notification.id)
         verdict = SuppressionGuard().check(session, attempt)
         assert verdict is not None and verdict.details["reason"] == "hard_bounce"
+        # Also when given the recipient the claim has just read (no query for it then)
+        attempt = _attempt(
+            contact,
+            "marketing",
+            at_delivery=True,
+            notification_id=notification.id,
+            to_address="old@example.com",
+        )
+        verdict = SuppressionGuard().check(session, attempt)
+        assert verdict is not None and verdict.details["reason"] == "hard_bounce"
         # And a decision-time check (no notification yet) looks at the contact's address only
         assert SuppressionGuard().check(session, _attempt(contact, "marketing")) is None
 

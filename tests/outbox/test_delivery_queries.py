@@ -12,6 +12,7 @@ facts read separately) fails here.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,9 +23,11 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from crm_notify.contacts.models import Contact
+from crm_notify.db import session_scope
 from crm_notify.esp import adapter_from_url
 from crm_notify.guards.consent import record_consent
 from crm_notify.guards.policy import SendPolicy
+from crm_notify.guards.suppression import suppress
 from crm_notify.outbox import repository
 from crm_notify.outbox.delivery import DeliveryService
 from crm_notify.outbox.models import Notification
@@ -151,14 +154,26 @@ def test_a_delivery_runs_a_fixed_few_statements(
     assert len(smtp_sink.wait_for(4)) == 4
 
 
-def test_a_delivery_does_not_read_the_notification_again_after_claiming_it(
+def test_the_recipient_the_claim_read_is_the_one_checked_for_suppression(
     engine: Engine, tmp_path: Path, smtp_sink: SmtpSink
 ) -> None:
-    # Given a notification
+    # Given a notification queued to an address that is then suppressed, while its contact
+    # has moved to a new address
     (nid,) = _notifications(engine, "transactional", 1)
+    with session_scope(engine) as session:
+        notification = session.get(Notification, nid)
+        assert notification is not None and notification.to_address is not None
+        contact = session.get(Contact, notification.contact_id)
+        assert contact is not None
+        contact.email = "moved@example.com"
+        suppress(
+            session=session, email=notification.to_address, reason="hard_bounce", created_by="esp"
+        )
     # When it is delivered
     with _statements(engine) as statements:
-        assert _service(engine, tmp_path, smtp_sink).deliver(nid).status == "sent"
-    # Then the notification table is only written (the claim and sent return what is needed)
-    reads = [s for s in statements if s.upper().startswith("SELECT") and " notification." in s]
-    assert reads == []
+        outcome = _service(engine, tmp_path, smtp_sink).deliver(nid)
+    # Then it is cancelled and nothing is sent, with the address from the claim (the
+    # notification is not read again)
+    assert outcome.status == "cancelled"
+    assert smtp_sink.messages == []
+    assert not [s for s in statements if re.match(r"SELECT .* FROM notification\b", s)]

@@ -3,6 +3,7 @@ and an ASGI app under uvicorn in a thread."""
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import os
@@ -288,7 +289,7 @@ class PrivateRabbitMQ:
         self._process: subprocess.Popen[bytes] | None = None
         try:
             self.start()
-        except RuntimeError:
+        except BaseException:
             self.stop()
             raise
 
@@ -306,30 +307,40 @@ class PrivateRabbitMQ:
         deadline = time.monotonic() + 90
         while not port_open("127.0.0.1", self.port):
             if time.monotonic() > deadline or self._process.poll() is not None:
-                raise RuntimeError("the private RabbitMQ node did not start")
+                self._log.flush()
+                tail = (self._dir / "server.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"the private RabbitMQ node did not start:\n{tail}")
             time.sleep(0.2)
 
     def kill(self) -> None:
         """Kill the node outright (SIGKILL to its process group), as a crash would."""
         assert self._process is not None
-        os.killpg(self._process.pid, signal.SIGKILL)
+        self._kill_group(signal.SIGKILL)
         self._process.wait(timeout=30)
         deadline = time.monotonic() + 10
-        while port_open("127.0.0.1", self.port) and time.monotonic() < deadline:
+        while port_open("127.0.0.1", self.port):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the killed RabbitMQ node still accepts connections")
             time.sleep(0.05)
+
+    def _kill_group(self, signal_number: int) -> None:
+        """Send ``signal_number`` to the node's process group (also when its leader is gone)."""
+        assert self._process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._process.pid, signal_number)
 
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            os.killpg(self._process.pid, signal.SIGTERM)
-            try:
-                self._process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._process.pid, signal.SIGKILL)
-                self._process.wait()
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._kill_group(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._process.wait(timeout=30)
+            self._kill_group(signal.SIGKILL)  # whatever of the group is left
+            self._process.wait()
         self._log.close()
         shutil.rmtree(self._dir, ignore_errors=True)
 

@@ -20,7 +20,7 @@ from crm_notify.migrations import upgrade
 from crm_notify.outbox.models import Notification
 from crm_notify.runtime import Runtime
 from crm_notify.worker.broker import redis_durability_warnings
-from tests.conftest import SharedBroker
+from tests.support.brokers import SharedBroker
 from tests.support.servers import PrivateRedis, SmtpSink, free_port
 
 
