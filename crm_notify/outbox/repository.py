@@ -271,27 +271,9 @@ def _record_change(
     insert_rows(session, NotificationStatusChange, [new_row(NotificationStatusChange, values)])
 
 
-def _transition(
-    session: Session,
-    notification_id: int,
-    *,
-    from_statuses: Sequence[NotificationStatus],
-    to_status: NotificationStatus,
-    detail: str | None,
-    values: dict[str, Any] | None = None,
-    extra_where: Any = None,
-) -> bool:
-    """:func:`_move`: whether the notification moved."""
-    moved = _move(
-        session,
-        notification_id,
-        from_statuses=from_statuses,
-        to_status=to_status,
-        detail=detail,
-        values=values,
-        extra_where=extra_where,
-    )
-    return moved is not None
+def _transition(session: Session, notification_id: int, **move: Any) -> bool:
+    """:func:`_move` (the same arguments): whether the notification moved."""
+    return _move(session, notification_id, **move) is not None
 
 
 def _move(
