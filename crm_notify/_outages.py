@@ -33,12 +33,20 @@ def outage(exc: BaseException) -> str | None:
     visited: set[int] = set()
     while seen is not None and id(seen) not in visited:
         visited.add(id(seen))
+        carried = getattr(seen, "message", None)
+        if isinstance(seen, dramatiq.errors.DramatiqError) and isinstance(carried, BaseException):
+            # Dramatiq's RabbitMQ broker wraps pika's error as its message (``from None``)
+            described = outage(carried)
+            if described is not None:
+                return described
         if isinstance(seen, OUTAGE_ERRORS):
             if isinstance(seen, sqlalchemy.exc.DBAPIError):
                 cause = "".join(str(seen.orig).strip().splitlines()[:1])
                 return f"database unavailable ({type(seen.orig).__name__}: {cause})"
-            first = "".join(str(seen).strip().splitlines()[:1])
+            name = type(seen).__name__
+            text = (str(seen) or repr(seen)).removeprefix(f"{name}: ")  # pika's str is empty
+            first = "".join(text.strip().splitlines()[:1])
             service = _SERVICES.get(type(seen).__module__.split(".")[0], "a connection")
-            return f"{service} unavailable ({type(seen).__name__}: {first})"
+            return f"{service} unavailable ({name}: {first})"
         seen = seen.__cause__ or seen.__context__
     return None

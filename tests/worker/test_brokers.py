@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import dramatiq
+import pika
 import pytest
 from sqlmodel import Session, select
 
@@ -139,6 +140,12 @@ def test_an_outage_is_one_line_in_the_log(caplog: pytest.LogCaptureFixture) -> N
     database = sqlalchemy.exc.OperationalError("SELECT 1", {"email": "x"}, OSError("refused"))
     assert outage(database) == "database unavailable (OSError: refused)"
     assert outage(ValueError("a bug")) is None
+    # RabbitMQ's refusal, as Dramatiq's RabbitMQ broker wraps it, is named as RabbitMQ's
+    refused = pika.exceptions.AMQPConnectionError(ConnectionRefusedError(111, "refused"))
+    described = outage(dramatiq.errors.ConnectionClosed(refused))
+    assert described is not None
+    assert described.startswith("RabbitMQ unavailable (AMQPConnectionError: ")
+    assert "refused" in described
 
     # A background pass failing on an outage logs one line, without a traceback
     class Failing(Periodic):
