@@ -169,6 +169,12 @@ class Population:
             call["timestamp"] = timestamp.isoformat()
         return call
 
+    def identify_then_order_once(self) -> list[dict[str, Any]]:
+        """Every contact identified, then one order each, then the blocked contact's two."""
+        calls = [self.identify(i) for i in range(self.size)]
+        calls += [self.track(i, 0) for i in range(self.size)]
+        return [*calls, self.identify_blocked(), self.track("blocked", 0)]
+
     def expected_keys(self, calls: Iterable[dict[str, Any]]) -> set[str]:
         """The idempotency keys of the notifications ``calls`` must produce (receipt and
         promo rules; the blocked contact gets nothing)."""

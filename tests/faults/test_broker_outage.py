@@ -95,9 +95,7 @@ def queue_without_worker(
     key = set_up_database(engine, population)
     env = fault_env(tmp_path, database_url=database_url, esp_url=smtp_sink.url, **broker_env)
     service = processes.add(ServiceProcess(env, tmp_path / "serve.log"))
-    calls = [population.identify(i) for i in range(population.size)]
-    calls += [population.track(i, 0) for i in range(population.size)]
-    calls += [population.identify_blocked(), population.track("blocked", 0)]
+    calls = population.identify_then_order_once()
     expected = population.expected_keys(calls)
     Client(key).send(service.url, calls)
     assert count_by_status(engine) == {"queued": len(expected)}

@@ -113,9 +113,7 @@ def test_esp_failing_for_a_while_then_recovering_delivers_each_message_once(
         esp_url=f"sendgrid://SG.key@{server.netloc}?insecure=1&timeout={CLIENT_TIMEOUT_S:g}",
     )
     service = processes.add(ServiceProcess(env, tmp_path / "serve.log"))
-    calls = [population.identify(i) for i in range(population.size)]
-    calls += [population.track(i, 0) for i in range(population.size)]
-    calls += [population.identify_blocked(), population.track("blocked", 0)]
+    calls = population.identify_then_order_once()
     expected = population.expected_keys(calls)
 
     # When the shop's events arrive while the ESP fails, and it recovers after each
